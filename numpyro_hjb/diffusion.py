@@ -1,0 +1,186 @@
+"""The reference diffusions, their time grids and the path-space log weight (DESIGN.md s.2, s.3).
+
+Forward (noising) OU process dX = -X dt + sqrt(2) dW with stationary law gamma = N(0, I);
+X_t | X_s ~ N(a X_s, (1 - a^2) I), a = exp(-(t - s)). A time change beta(t) is a choice of
+grid here: a non-uniform grid on the constant-rate process is the same discretisation.
+
+Every sampler in the package is a discrete Markov chain y_0 -> ... -> y_K in R^d, run in
+*generative* direction, with Gaussian transitions
+
+    F_k(y' | y) = N(y'; alpha_k y + c_k u(y, t_k), vF_k I)          (the learned/controlled law)
+    R_k(y' | y) = N(y'; a_k y, v_k I)                                (the reference law)
+
+from a common initial law N(0, tau_0 I) (tau_0 = 0: the point 0). The reference's marginal at
+the end is N(0, tau_K I). The path weight (Radon-Nikodym derivative of the target path
+measure, rho(y_K)/ref(y_K) times the reference path, against F)
+
+    log w = log rho(y_K) - log N(y_K; 0, tau_K I) + sum_k [log R_k(y_{k+1}|y_k) - log F_k(y_{k+1}|y_k)]
+
+satisfies E_F[w] = Z for every control u and every K (DESIGN.md s.3). For the OU reference
+started at gamma, gamma(y_K) prod_k B_k(y_k | y_{k+1}) = gamma(y_0) prod_k R_k(y_{k+1} | y_k)
+by reversibility, so this is exactly the DIS weight with the exact noising transitions B_k.
+
+Control parametrisation: u = score + y / tau_K, i.e. u = grad log(p_t / gamma) for the OU
+reference, so u = 0 is the reference itself and the optimal u is known in closed form for a
+Gaussian target. The schemes:
+
+* "ei" (DDS; exponential integrator of dY = (-Y + 2u) ds + sqrt 2 dB, u frozen over a step):
+  alpha = a, c = 2 (1 - a), vF = 1 - a^2.
+* "em" (DIS; Euler-Maruyama of the reversed SDE dY = (Y + 2 score) ds + sqrt 2 dB):
+  alpha = 1 - h, c = 2 h, vF = 2 h.
+* "pis" (PIS; Brownian reference sigma dB started at 0): a = alpha = 1, c = vF = v = sigma^2 h,
+  tau_0 = 0, tau_K = sigma^2 T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "PathScheme",
+    "time_grid",
+    "ou_scheme",
+    "brownian_scheme",
+    "simulate_paths",
+    "path_log_weights",
+    "ou_transition",
+    "gaussian_ou_marginal",
+    "control_from_score",
+]
+
+Array = jax.Array
+ControlFn = Callable[[Array, Array], Array]  # (y (B, d), t scalar) -> u (B, d)
+
+
+class PathScheme(NamedTuple):
+    """Per-step coefficients of F_k and R_k; arrays of shape (K,), times of shape (K+1,).
+
+    ``times[k]`` is the forward (noising) time at y_k: times[0] = T, times[K] = 0.
+    """
+
+    times: Array
+    ref_scale: Array
+    ref_var: Array
+    gen_scale: Array
+    gen_control: Array
+    gen_var: Array
+    init_var: float
+    final_var: float
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.ref_scale.shape[0])
+
+
+def time_grid(horizon: float, num_steps: int, power: float = 1.0) -> Array:
+    """Forward times t_k = T (1 - k/K)^power, k = 0..K (T down to 0; power > 1 refines t ~ 0)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if horizon <= 0:
+        raise ValueError(f"horizon must be > 0, got {horizon}")
+    s = jnp.linspace(0.0, 1.0, num_steps + 1)
+    return horizon * (1.0 - s) ** power
+
+
+def ou_transition(h: Array) -> tuple[Array, Array]:
+    """Exact OU transition over a forward time h: (a, v) with X' ~ N(a X, v I)."""
+    a = jnp.exp(-h)
+    return a, -jnp.expm1(-2.0 * h)
+
+
+def ou_scheme(
+    horizon: float = 4.0, num_steps: int = 100, integrator: str = "ei", power: float = 1.0
+) -> PathScheme:
+    """Time reversal of the OU process from gamma at time T to the target at time 0."""
+    times = time_grid(horizon, num_steps, power)
+    h = times[:-1] - times[1:]
+    a, v = ou_transition(h)
+    if integrator == "ei":
+        alpha, c, v_gen = a, 2.0 * (1.0 - a), v
+    elif integrator == "em":
+        alpha, c, v_gen = 1.0 - h, 2.0 * h, 2.0 * h
+    else:
+        raise ValueError(f"integrator must be 'ei' or 'em', got {integrator!r}")
+    return PathScheme(times, a, v, alpha, c, v_gen, 1.0, 1.0)
+
+
+def brownian_scheme(horizon: float = 1.0, num_steps: int = 100, sigma: float = 2.0) -> PathScheme:
+    """PIS: Brownian reference sigma B_s from the point 0; 'times' are T - s."""
+    times = time_grid(horizon, num_steps, 1.0)
+    h = times[:-1] - times[1:]
+    var = sigma**2 * h
+    ones = jnp.ones_like(h)
+    return PathScheme(times, ones, var, ones, var, var, 0.0, float(sigma**2 * horizon))
+
+
+def _gauss_logpdf(x: Array, mean: Array, var: Array) -> Array:
+    d = x.shape[-1]
+    return -0.5 * jnp.sum((x - mean) ** 2, axis=-1) / var - 0.5 * d * jnp.log(2 * jnp.pi * var)
+
+
+def simulate_paths(
+    rng_key: Array,
+    scheme: PathScheme,
+    control_fn: ControlFn,
+    num: int,
+    dim: int,
+    noise_scale: float = 1.0,
+    dtype=jnp.float32,
+) -> tuple[Array, Array]:
+    """Simulate ``num`` paths of F (with ``noise_scale`` times its noise, for exploration).
+
+    Returns (ys (K+1, num, d), us (K, num, d)); differentiable w.r.t. the control's
+    parameters (reparametrisation), so the KL loss can backpropagate through it.
+    """
+    key0, key_steps = jax.random.split(rng_key)
+    y0 = jnp.sqrt(scheme.init_var) * jax.random.normal(key0, (num, dim), dtype)
+    noise = jax.random.normal(key_steps, (scheme.num_steps, num, dim), dtype)
+
+    def step(y, inp):
+        t, alpha, c, v, eps = inp
+        u = control_fn(y, t)
+        y_next = alpha * y + c * u + noise_scale * jnp.sqrt(v) * eps
+        return y_next, (y_next, u)
+
+    inputs = (scheme.times[:-1], scheme.gen_scale, scheme.gen_control, scheme.gen_var, noise)
+    _, (ys, us) = jax.lax.scan(step, y0, inputs)
+    return jnp.concatenate([y0[None], ys], axis=0), us
+
+
+def path_log_weights(
+    scheme: PathScheme, ys: Array, us: Array, log_density: Callable[[Array], Array]
+) -> tuple[Array, Array]:
+    """log w per path (DESIGN.md s.3) from states ys (K+1, B, d) and controls us (K, B, d).
+
+    Returns (log_w (B,), log rho(y_K) (B,)).
+    """
+    y, y_next = ys[:-1], ys[1:]
+    col = lambda v: v[:, None, None]  # noqa: E731
+    mean_ref = col(scheme.ref_scale) * y
+    mean_gen = col(scheme.gen_scale) * y + col(scheme.gen_control) * us
+    log_r = _gauss_logpdf(y_next, mean_ref, scheme.ref_var[:, None])
+    log_f = _gauss_logpdf(y_next, mean_gen, scheme.gen_var[:, None])
+    y_end = ys[-1]
+    log_rho = jax.vmap(log_density)(y_end)
+    log_ref_end = _gauss_logpdf(y_end, 0.0, jnp.asarray(scheme.final_var, y_end.dtype))
+    return log_rho - log_ref_end + jnp.sum(log_r - log_f, axis=0), log_rho
+
+
+def control_from_score(score_fn: Callable[[Array, Array], Array], final_var: float = 1.0):
+    """u(y, t) = score(y, t) + y / tau_K: the control of a known score (OU: u = grad log p_t/gamma)."""
+
+    def control(y, t):
+        return score_fn(y, t) + y / final_var
+
+    return control
+
+
+def gaussian_ou_marginal(mean: Array, cov: Array, t: Array) -> tuple[Array, Array]:
+    """p_t = N(e^{-t} m, e^{-2t} S + (1 - e^{-2t}) I) for X_0 ~ N(m, S) (closed form)."""
+    a = jnp.exp(-t)
+    d = mean.shape[0]
+    return a * mean, a**2 * cov + (1.0 - a**2) * jnp.eye(d, dtype=cov.dtype)

@@ -80,10 +80,13 @@ class FitResult:
             raise ValueError(f"num must be >= 1, got {num}")
         if self._propose_jit is None:
             mod = engine_module(self.engine)
-            self._propose_jit = jax.jit(
-                lambda state, key, n: mod.propose(self.target, self.config, state, key, n),
-                static_argnums=2,
+            fn = lambda state, key, n: mod.propose(  # noqa: E731
+                self.target, self.config, state, key, n
             )
+            # An engine that manages its own precision/jit (e.g. float64) opts out.
+            self._propose_jit = jax.jit(fn, static_argnums=2) if getattr(
+                mod, "JIT_PROPOSE", True
+            ) else fn
         return self._propose_jit(self.state, rng_key, int(num))
 
     def log_evidence(

@@ -121,6 +121,7 @@ def fit(
     whitening: str | None = None,
     progress_bar: bool = True,
     model_kwargs: dict | None = None,
+    init_state: Any = None,
     **config: Any,
 ) -> FitResult:
     """Fit a diffusion sampler to a NumPyro model (or a prepared :class:`Target`).
@@ -133,6 +134,7 @@ def fit(
         whitening: None, "laplace" or "advi" (DESIGN.md s.1).
         progress_bar: show a tqdm bar while fitting.
         model_kwargs: keyword arguments of the model.
+        init_state: a previous fit's ``state`` (or a :class:`FitResult`) to warm-start from.
         **config: engine settings (see ``numpyro_hjb.control.engine.DEFAULTS`` and
             ``numpyro_hjb.tt.engine.DEFAULTS``), e.g. ``loss="lv"``, ``num_iterations=2000``.
 
@@ -157,6 +159,13 @@ def fit(
             f"valid: {sorted(mod.DEFAULTS)}"
         )
     full_config = {**mod.DEFAULTS, **config, **ENGINES[engine][1]}
-    state, history, info = mod.fit(target, key_fit, full_config, progress_bar)
+    if isinstance(init_state, FitResult):
+        if init_state.engine != engine:
+            raise ValueError(
+                f"init_state comes from engine {init_state.engine!r}, not {engine!r}"
+            )
+        init_state = init_state.state
+    kwargs = {} if init_state is None else {"init_state": init_state}
+    state, history, info = mod.fit(target, key_fit, full_config, progress_bar, **kwargs)
     history = {k: np.asarray(v) for k, v in history.items()}
     return FitResult(engine, target, state, full_config, history, dict(info))

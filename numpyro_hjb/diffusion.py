@@ -46,6 +46,7 @@ __all__ = [
     "ou_scheme",
     "brownian_scheme",
     "simulate_paths",
+    "simulate_log_weights",
     "path_log_weights",
     "ou_transition",
     "gaussian_ou_marginal",
@@ -122,6 +123,25 @@ def _gauss_logpdf(x: Array, mean: Array, var: Array) -> Array:
     return -0.5 * jnp.sum((x - mean) ** 2, axis=-1) / var - 0.5 * d * jnp.log(2 * jnp.pi * var)
 
 
+def _initial_and_noise(rng_key, scheme, num, dim, dtype):
+    key0, key_steps = jax.random.split(rng_key)
+    y0 = jnp.sqrt(jnp.asarray(scheme.init_var, dtype)) * jax.random.normal(key0, (num, dim), dtype)
+    noise = jax.random.normal(key_steps, (scheme.num_steps, num, dim), dtype)
+    return y0, noise
+
+
+def _step_inputs(scheme: PathScheme, noise: Array):
+    return (
+        scheme.times[:-1],
+        scheme.gen_scale,
+        scheme.gen_control,
+        scheme.gen_var,
+        scheme.ref_scale,
+        scheme.ref_var,
+        noise,
+    )
+
+
 def simulate_paths(
     rng_key: Array,
     scheme: PathScheme,
@@ -130,25 +150,58 @@ def simulate_paths(
     dim: int,
     noise_scale: float = 1.0,
     dtype=jnp.float32,
-) -> tuple[Array, Array]:
+    has_aux: bool = False,
+):
     """Simulate ``num`` paths of F (with ``noise_scale`` times its noise, for exploration).
 
-    Returns (ys (K+1, num, d), us (K, num, d)); differentiable w.r.t. the control's
-    parameters (reparametrisation), so the KL loss can backpropagate through it.
+    Returns (ys (K+1, num, d), us (K, num, d)), plus the stacked auxiliary outputs of
+    ``control_fn`` when ``has_aux`` (then control_fn returns (u, aux)). Differentiable
+    w.r.t. the control's parameters (reparametrisation).
     """
-    key0, key_steps = jax.random.split(rng_key)
-    y0 = jnp.sqrt(scheme.init_var) * jax.random.normal(key0, (num, dim), dtype)
-    noise = jax.random.normal(key_steps, (scheme.num_steps, num, dim), dtype)
+    y0, noise = _initial_and_noise(rng_key, scheme, num, dim, dtype)
 
     def step(y, inp):
-        t, alpha, c, v, eps = inp
-        u = control_fn(y, t)
+        t, alpha, c, v, _, _, eps = inp
+        out = control_fn(y, t)
+        u, aux = out if has_aux else (out, None)
         y_next = alpha * y + c * u + noise_scale * jnp.sqrt(v) * eps
-        return y_next, (y_next, u)
+        return y_next, (y_next, u, aux)
 
-    inputs = (scheme.times[:-1], scheme.gen_scale, scheme.gen_control, scheme.gen_var, noise)
-    _, (ys, us) = jax.lax.scan(step, y0, inputs)
-    return jnp.concatenate([y0[None], ys], axis=0), us
+    _, (ys, us, auxs) = jax.lax.scan(step, y0, _step_inputs(scheme, noise))
+    ys = jnp.concatenate([y0[None], ys], axis=0)
+    return (ys, us, auxs) if has_aux else (ys, us)
+
+
+def simulate_log_weights(
+    rng_key: Array,
+    scheme: PathScheme,
+    control_fn: ControlFn,
+    log_density: Callable[[Array], Array],
+    num: int,
+    dim: int,
+    dtype=jnp.float32,
+) -> tuple[Array, Array]:
+    """Simulate F and accumulate log w on the fly (no stored path): (y_K (num, d), log_w (num,)).
+
+    The same weight as :func:`path_log_weights`, with memory independent of K.
+    """
+    y0, noise = _initial_and_noise(rng_key, scheme, num, dim, dtype)
+
+    def step(carry, inp):
+        y, acc = carry
+        t, alpha, c, v_gen, a, v_ref, eps = inp
+        u = control_fn(y, t)
+        mean_gen = alpha * y + c * u
+        y_next = mean_gen + jnp.sqrt(v_gen) * eps
+        acc = acc + _gauss_logpdf(y_next, a * y, v_ref) - _gauss_logpdf(y_next, mean_gen, v_gen)
+        return (y_next, acc), None
+
+    (y_end, acc), _ = jax.lax.scan(
+        step, (y0, jnp.zeros(num, dtype)), _step_inputs(scheme, noise)
+    )
+    log_rho = jax.vmap(log_density)(y_end)
+    log_ref_end = _gauss_logpdf(y_end, 0.0, jnp.asarray(scheme.final_var, dtype))
+    return y_end, log_rho - log_ref_end + acc
 
 
 def path_log_weights(

@@ -72,7 +72,9 @@ def normalised_ess(log_w) -> float:
 
 def pareto_khat(log_w) -> float:
     """Pareto k-hat of the importance weights, from ArviZ's PSIS."""
-    import arviz as az
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import arviz as az
 
     lw = np.asarray(log_w, dtype=np.float64)
     lw = lw[np.isfinite(lw)]

@@ -1,0 +1,261 @@
+"""Engine 1: learned control (DIS, DDS, PIS) with the KL or log-variance loss (DESIGN.md s.3).
+
+The engine protocol of :mod:`numpyro_hjb.api`: ``fit(target, key, config, progress_bar)``
+and ``propose(target, config, state, key, num)``.
+
+Schemes (see :mod:`numpyro_hjb.diffusion`):
+
+* ``dis``: time reversal of the OU process, Euler–Maruyama of the reversed SDE (Berner,
+  Richter, Ullrich) — or ``integrator="ei"``;
+* ``dds``: the same reversal with the exponential integrator (Vargas, Grathwohl, Doucet);
+* ``pis``: Brownian reference from a point (Zhang, Chen).
+
+Training: Adam with global-norm clipping and a cosine-decayed learning rate (optax), one
+jit-compiled ``lax.scan`` over ``log_every`` iterations at a time, a tqdm bar with the loss,
+the running ELBO and ESS. A run whose parameters become non-finite raises
+:class:`TrainingDivergedError`; a step with non-finite gradients is skipped
+(``optax.apply_if_finite``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..diffusion import PathScheme, brownian_scheme, ou_scheme, simulate_log_weights
+from ..target import Target
+from .losses import LOSSES, Problem
+from .network import apply_control, init_control
+
+__all__ = ["DEFAULTS", "fit", "propose", "TrainingDivergedError", "build_problem"]
+
+#: Default settings (the same for every target; see docs/benchmarks.md).
+DEFAULTS: dict = {
+    "loss": "lv",
+    "num_iterations": 2000,
+    "batch_size": 256,
+    "num_steps": 64,
+    "horizon": None,  # OU: 4.0; PIS: 1.0
+    "grid_power": 1.0,
+    "integrator": None,  # dis: "em", dds: "ei"
+    "pis_sigma": 2.0,
+    "hidden": (64, 64),
+    "num_time_features": 16,
+    "learning_rate": 3e-3,
+    "final_learning_rate": 1e-4,
+    "grad_clip": 1.0,
+    "score_clip": 1e3,
+    "exploration": 0.0,  # LV: extra noise scale of the reference policy, decayed to 0
+    "max_log_weight_dev": 1e4,
+    "log_every": 50,
+    "sample_chunk": 4096,
+}
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised when training produces non-finite parameters."""
+
+
+def _horizon(config: dict) -> float:
+    if config["horizon"] is not None:
+        return float(config["horizon"])
+    return 1.0 if config["scheme"] == "pis" else 4.0
+
+
+def make_scheme(config: dict) -> PathScheme:
+    scheme = config["scheme"]
+    if scheme == "pis":
+        return brownian_scheme(_horizon(config), config["num_steps"], config["pis_sigma"])
+    if scheme not in ("dis", "dds"):
+        raise ValueError(f"scheme must be 'dis', 'dds' or 'pis', got {scheme!r}")
+    integrator = config["integrator"] or ("em" if scheme == "dis" else "ei")
+    return ou_scheme(_horizon(config), config["num_steps"], integrator, config["grid_power"])
+
+
+def build_problem(target: Target, config: dict, batch_size: int | None = None) -> Problem:
+    """The static part of the loss: scheme, target, clipped target term, network."""
+    scheme = make_scheme(config)
+    scheme = jax.tree_util.tree_map(
+        lambda v: jnp.asarray(v, jnp.float32) if isinstance(v, jax.Array) else v, scheme
+    )
+    clip = float(config["score_clip"])
+    inv_tau = 1.0 / scheme.final_var
+    grad_log_rho = jax.vmap(jax.grad(target.log_density))
+
+    def base_fn(y):
+        g = grad_log_rho(y)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        return jnp.clip(g, -clip, clip) + inv_tau * y
+
+    horizon = _horizon(config)
+    net_fn = partial(
+        _net, horizon=horizon, num_time_features=int(config["num_time_features"])
+    )
+    return Problem(
+        scheme=scheme,
+        log_density=target.log_density,
+        base_fn=base_fn,
+        net_fn=net_fn,
+        dim=target.dim,
+        batch_size=int(batch_size or config["batch_size"]),
+        max_log_weight_dev=float(config["max_log_weight_dev"]),
+    )
+
+
+def _net(params, y, t, base, *, horizon, num_time_features):
+    return apply_control(params, y, t, base, horizon, num_time_features)
+
+
+def _validate(config: dict) -> None:
+    if config["loss"] not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {config['loss']!r}")
+    for name in ("num_iterations", "batch_size", "num_steps", "log_every"):
+        if int(config[name]) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {config[name]}")
+    if config["exploration"] < 0:
+        raise ValueError(f"exploration must be >= 0, got {config['exploration']}")
+
+
+def _ess(log_w: jax.Array, mask: jax.Array) -> jax.Array:
+    lw = jnp.where(mask, log_w, -jnp.inf)
+    p = jax.nn.softmax(lw)
+    return 1.0 / (jnp.sum(mask) * jnp.sum(p**2))
+
+
+def fit(
+    target: Target,
+    rng_key: jax.Array,
+    config: dict,
+    progress_bar: bool = True,
+    init_state: dict | None = None,
+):
+    """Train u_theta (from ``init_state["params"]`` when given: a warm start);
+    returns (state = {"params": ...}, history, info)."""
+    _validate(config)
+    problem = build_problem(target, config)
+    loss_fn = LOSSES[config["loss"]]
+    n_iter = int(config["num_iterations"])
+    schedule = optax.cosine_decay_schedule(
+        config["learning_rate"], n_iter, alpha=config["final_learning_rate"] / config["learning_rate"]
+    )
+    optimizer = optax.apply_if_finite(
+        optax.chain(optax.clip_by_global_norm(config["grad_clip"]), optax.adam(schedule)),
+        max_consecutive_errors=20,
+    )
+    key_init, key_train = jax.random.split(rng_key)
+    params = init_control(
+        key_init, target.dim, tuple(config["hidden"]), int(config["num_time_features"])
+    )
+    if init_state is not None:
+        init_params = init_state["params"]
+        if jax.tree_util.tree_structure(init_params) != jax.tree_util.tree_structure(params) or any(
+            a.shape != b.shape
+            for a, b in zip(jax.tree_util.tree_leaves(init_params), jax.tree_util.tree_leaves(params))
+        ):
+            raise ValueError(
+                "init_state does not match this target and network (dimension or hidden sizes)"
+            )
+        params = jax.tree_util.tree_map(jnp.asarray, init_params)
+    opt_state = optimizer.init(params)
+    explore = float(config["exploration"])
+
+    def one_step(carry, inp):
+        params, opt_state = carry
+        key, it = inp
+        if config["loss"] == "lv":
+            # Exploration noise decays linearly to none at half of the run.
+            scale = 1.0 + explore * jnp.clip(1.0 - 2.0 * it / n_iter, 0.0, 1.0)
+            fn = partial(loss_fn, problem=problem, noise_scale=scale)
+        else:
+            fn = partial(loss_fn, problem=problem)
+        (loss, (log_w, mask)), grads = jax.value_and_grad(fn, has_aux=True)(params, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        elbo = jnp.sum(jnp.where(mask, log_w, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+        stats = (loss, elbo, _ess(log_w, mask), jnp.mean(~mask))
+        return (params, opt_state), stats
+
+    @partial(jax.jit, static_argnums=3)
+    def run_chunk(params, opt_state, key, length, start):
+        keys = jax.random.split(key, length)
+        its = start + jnp.arange(length)
+        return jax.lax.scan(one_step, (params, opt_state), (keys, its))
+
+    # Every chunk has the same length (one compilation); the iteration count is rounded up.
+    chunk = min(int(config["log_every"]), n_iter)
+    n_chunks = math.ceil(n_iter / chunk)
+    history = {"loss": [], "elbo": [], "ess": [], "masked_fraction": []}
+    t0 = time.perf_counter()
+    # Compile once, apart from training time (the first chunk's compile is measured here).
+    run_chunk.lower(params, opt_state, key_train, chunk, 0).compile()
+    compile_s = time.perf_counter() - t0
+    bar = _progress(n_chunks * chunk, progress_bar, config)
+    t_train = time.perf_counter()
+    try:
+        for c in range(n_chunks):
+            length = chunk
+            key_train, key_chunk = jax.random.split(key_train)
+            (params, opt_state), stats = run_chunk(params, opt_state, key_chunk, length, c * chunk)
+            stats = [np.asarray(s) for s in stats]
+            for name, s in zip(history, stats):
+                history[name].append(s)
+            if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(params)):
+                raise TrainingDivergedError(
+                    f"training diverged: non-finite network parameters after iteration "
+                    f"{(c + 1) * chunk} (loss {stats[0][-1]:.3g}). Try a smaller learning_rate, "
+                    "a smaller score_clip, whitening='advi', or more num_steps."
+                )
+            if bar is not None:
+                bar.update(length)
+                bar.set_postfix(
+                    loss=f"{stats[0][-1]:.3g}", elbo=f"{stats[1][-1]:.3f}", ess=f"{stats[2][-1]:.2f}"
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+    jax.block_until_ready(params)
+    train_s = time.perf_counter() - t_train
+    history = {k: np.concatenate(v) for k, v in history.items()}
+    k = problem.scheme.num_steps
+    info = {
+        "compile_s": compile_s,
+        "train_s": train_s,
+        # one target gradient per step and path, plus the value at the end of each path
+        "num_iterations": n_chunks * chunk,
+        "num_target_grad_evals": n_chunks * chunk * problem.batch_size * k,
+        "num_target_evals": n_chunks * chunk * problem.batch_size,
+    }
+    return {"params": params}, history, info
+
+
+def _progress(total: int, enabled: bool, config: dict):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{config['scheme'].upper()}-{config['loss'].upper()}")
+
+
+def propose(target: Target, config: dict, state: dict, rng_key: jax.Array, num: int):
+    """``num`` proposals y_K ~ F_theta with their path log weights (chunked, jit-able)."""
+    chunk = min(int(config["sample_chunk"]), num)
+    problem = build_problem(target, config, batch_size=chunk)
+    params = state["params"]
+
+    def control(y, t):
+        return problem.net_fn(params, y, t, problem.base_fn(y))
+
+    def one(key):
+        return simulate_log_weights(
+            key, problem.scheme, control, problem.log_density, chunk, problem.dim
+        )
+
+    n_chunks = -(-num // chunk)
+    ys, log_w = jax.lax.map(one, jax.random.split(rng_key, n_chunks))
+    return ys.reshape(-1, problem.dim)[:num], log_w.reshape(-1)[:num]

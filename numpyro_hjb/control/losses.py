@@ -1,0 +1,94 @@
+"""Training losses of the learned control (DESIGN.md s.3).
+
+Both take the path log weight log w = log dP_target / dP_F of :mod:`numpyro_hjb.diffusion`:
+
+* ``kl_loss``: -E_F[log w] (reverse KL up to log Z; the ELBO with the sign flipped),
+  gradients through the simulated trajectory (reparametrisation).
+* ``lv_loss``: Var(log w) over trajectories from a stop-gradient copy of the current policy
+  (optionally with ``noise_scale`` > 1 for exploration); states are detached and log w is
+  re-evaluated with gradients through the F_k densities only, so nothing is backpropagated
+  through the solver. Zero at the optimum, for any sampling policy.
+
+Non-finite log weights, and those further than ``max_log_weight_dev`` from the batch
+median, are masked out of the loss (and counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ..diffusion import PathScheme, path_log_weights, simulate_log_weights, simulate_paths
+
+Array = jax.Array
+
+
+class Problem(NamedTuple):
+    """What a loss needs besides the parameters (static under jit)."""
+
+    scheme: PathScheme
+    log_density: Callable[[Array], Array]
+    base_fn: Callable[[Array], Array]  # y (B, d) -> clipped target term (B, d)
+    net_fn: Callable  # (params, y (B, d), t, base (B, d)) -> u (B, d)
+    dim: int
+    batch_size: int
+    max_log_weight_dev: float
+
+
+def _mask(log_w: Array, max_dev: float) -> Array:
+    finite = jnp.isfinite(log_w)
+    med = jnp.nanmedian(jnp.where(finite, log_w, jnp.nan))
+    return finite & (jnp.abs(log_w - med) < max_dev)
+
+
+def _masked_mean(x: Array, mask: Array) -> Array:
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def kl_loss(params, rng_key: Array, problem: Problem) -> tuple[Array, tuple[Array, Array]]:
+    """-mean(log w) over fresh trajectories of F_theta; returns (loss, (log_w, mask))."""
+
+    def control(y, t):
+        return problem.net_fn(params, y, t, problem.base_fn(y))
+
+    _, log_w = simulate_log_weights(
+        rng_key, problem.scheme, control, problem.log_density, problem.batch_size, problem.dim
+    )
+    mask = _mask(log_w, problem.max_log_weight_dev)
+    return -_masked_mean(log_w, mask) / problem.dim, (jax.lax.stop_gradient(log_w), mask)
+
+
+def lv_loss(
+    params, rng_key: Array, problem: Problem, noise_scale: Array | float = 1.0
+) -> tuple[Array, tuple[Array, Array]]:
+    """Var(log w) on detached trajectories of the stop-gradient policy; (loss, (log_w, mask))."""
+    ref_params = jax.lax.stop_gradient(params)
+
+    def ref_control(y, t):
+        base = problem.base_fn(y)
+        return problem.net_fn(ref_params, y, t, base), base
+
+    ys, _, bases = simulate_paths(
+        rng_key,
+        problem.scheme,
+        ref_control,
+        problem.batch_size,
+        problem.dim,
+        noise_scale=noise_scale,
+        has_aux=True,
+    )
+    ys, bases = jax.lax.stop_gradient((ys, bases))
+    us = jax.vmap(lambda y, t, b: problem.net_fn(params, y, t, b))(
+        ys[:-1], problem.scheme.times[:-1], bases
+    )
+    log_w, _ = path_log_weights(problem.scheme, ys, us, problem.log_density)
+    mask = _mask(log_w, problem.max_log_weight_dev)
+    mean = _masked_mean(log_w, mask)
+    var = _masked_mean((log_w - mean) ** 2, mask)
+    return var / problem.dim, (jax.lax.stop_gradient(log_w), mask)
+
+
+LOSSES = {"kl": kl_loss, "lv": lv_loss}

@@ -1,0 +1,70 @@
+"""The control network u_theta(y, t) (DESIGN.md s.3, "known-good choices").
+
+    u_theta(y, t) = MLP([y, e(t)]) + g_theta(t) * clip(grad log rho(y) + y / tau_K)
+
+with e(t) a Fourier time embedding of t / T, the MLP's output layer and the gate g's output
+layer initialised at zero (so the untrained sampler is the reference process), and the
+target score clipped coordinate-wise. ``grad log rho(y) + y / tau_K`` is the optimal control
+at the data end (t = 0) in the parametrisation of :mod:`numpyro_hjb.diffusion`.
+
+Parameters are a plain pytree of arrays ({"net": [(W, b), ...], "gate": [(W, b), ...]}),
+which keeps save/load to ``.npz`` trivial.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def time_embedding(t: Array, horizon: float, num_features: int) -> Array:
+    """Fourier features of s = t / T in [0, 1]: (s, sin(pi k s), cos(pi k s)), k = 1..F/2."""
+    s = jnp.asarray(t) / horizon
+    k = jnp.arange(1, num_features // 2 + 1, dtype=jnp.result_type(s, jnp.float32))
+    return jnp.concatenate([s[None], jnp.sin(jnp.pi * k * s), jnp.cos(jnp.pi * k * s)])
+
+
+def _init_mlp(key: Array, sizes: list[int], zero_last: bool) -> list[tuple[Array, Array]]:
+    layers = []
+    keys = jax.random.split(key, len(sizes) - 1)
+    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+        w = jax.random.normal(k, (n_in, n_out)) * jnp.sqrt(1.0 / n_in)
+        if zero_last and i == len(sizes) - 2:
+            w = jnp.zeros_like(w)
+        layers.append((w, jnp.zeros(n_out)))
+    return layers
+
+
+def _apply_mlp(layers, x: Array) -> Array:
+    for w, b in layers[:-1]:
+        x = jax.nn.gelu(x @ w + b)
+    w, b = layers[-1]
+    return x @ w + b
+
+
+def init_control(
+    rng_key: Array, dim: int, hidden: tuple[int, ...] = (64, 64), num_time_features: int = 16
+) -> dict:
+    """Parameters of u_theta with zero-initialised output layers."""
+    n_emb = 1 + 2 * (num_time_features // 2)
+    k_net, k_gate = jax.random.split(rng_key)
+    return {
+        "net": _init_mlp(k_net, [dim + n_emb, *hidden, dim], zero_last=True),
+        "gate": _init_mlp(k_gate, [n_emb, hidden[0], dim], zero_last=True),
+    }
+
+
+def apply_control(
+    params: dict,
+    y: Array,
+    t: Array,
+    base: Array,
+    horizon: float,
+    num_time_features: int = 16,
+) -> Array:
+    """u_theta(y, t) for a batch y (B, d) at one time t, given base = clipped target term (B, d)."""
+    emb = time_embedding(t, horizon, num_time_features).astype(y.dtype)
+    inp = jnp.concatenate([y, jnp.broadcast_to(emb, (y.shape[0], emb.shape[0]))], axis=1)
+    return _apply_mlp(params["net"], inp) + _apply_mlp(params["gate"], emb) * base

@@ -51,6 +51,7 @@ DEFAULTS: dict = {
     "final_learning_rate": 1e-4,
     "grad_clip": 1.0,
     "score_clip": 1e3,
+    "score_feature": "plain",  # "rescaled": e^t grad log rho(e^t y) (OU schemes)
     "exploration": 0.0,  # LV: extra noise scale of the reference policy, decayed to 0
     "max_log_weight_dev": 1e4,
     "log_every": 50,
@@ -85,13 +86,19 @@ def build_problem(target: Target, config: dict, batch_size: int | None = None) -
         lambda v: jnp.asarray(v, jnp.float32) if isinstance(v, jax.Array) else v, scheme
     )
     clip = float(config["score_clip"])
-    inv_tau = 1.0 / scheme.final_var
     grad_log_rho = jax.vmap(jax.grad(target.log_density))
+    feature = config["score_feature"]
+    if feature not in ("rescaled", "plain"):
+        raise ValueError(f"score_feature must be 'rescaled' or 'plain', got {feature!r}")
+    rescale = feature == "rescaled" and config["scheme"] != "pis"
 
-    def base_fn(y):
-        g = grad_log_rho(y)
+    def base_fn(y, t):
+        # "rescaled": e^t grad log rho(e^t y), the score of p_t as the noise vanishes
+        # (p_t(y) ~ e^{td} rho(e^t y) for small t); equal to the target score at t = 0.
+        scale = jnp.exp(t) if rescale else jnp.ones_like(t)
+        g = scale * grad_log_rho(scale * y)
         g = jnp.where(jnp.isfinite(g), g, 0.0)
-        return jnp.clip(g, -clip, clip) + inv_tau * y
+        return jnp.clip(g, -clip, clip)
 
     horizon = _horizon(config)
     net_fn = partial(
@@ -249,7 +256,7 @@ def propose(target: Target, config: dict, state: dict, rng_key: jax.Array, num: 
     params = state["params"]
 
     def control(y, t):
-        return problem.net_fn(params, y, t, problem.base_fn(y))
+        return problem.net_fn(params, y, t, problem.base_fn(y, t))
 
     def one(key):
         return simulate_log_weights(

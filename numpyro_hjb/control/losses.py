@@ -31,7 +31,7 @@ class Problem(NamedTuple):
 
     scheme: PathScheme
     log_density: Callable[[Array], Array]
-    base_fn: Callable[[Array], Array]  # y (B, d) -> clipped target term (B, d)
+    base_fn: Callable[[Array, Array], Array]  # (y (B, d), t) -> clipped score feature (B, d)
     net_fn: Callable  # (params, y (B, d), t, base (B, d)) -> u (B, d)
     dim: int
     batch_size: int
@@ -52,7 +52,7 @@ def kl_loss(params, rng_key: Array, problem: Problem) -> tuple[Array, tuple[Arra
     """-mean(log w) over fresh trajectories of F_theta; returns (loss, (log_w, mask))."""
 
     def control(y, t):
-        return problem.net_fn(params, y, t, problem.base_fn(y))
+        return problem.net_fn(params, y, t, problem.base_fn(y, t))
 
     _, log_w = simulate_log_weights(
         rng_key, problem.scheme, control, problem.log_density, problem.batch_size, problem.dim
@@ -68,7 +68,7 @@ def lv_loss(
     ref_params = jax.lax.stop_gradient(params)
 
     def ref_control(y, t):
-        base = problem.base_fn(y)
+        base = problem.base_fn(y, t)
         return problem.net_fn(ref_params, y, t, base), base
 
     ys, _, bases = simulate_paths(
@@ -81,13 +81,20 @@ def lv_loss(
         has_aux=True,
     )
     ys, bases = jax.lax.stop_gradient((ys, bases))
+    # Paths that left the floating-point range are zeroed and masked: a NaN anywhere in the
+    # re-evaluation would poison the gradient even under a zero cotangent.
+    ok = jnp.all(jnp.isfinite(ys), axis=(0, 2)) & jnp.all(jnp.isfinite(bases), axis=(0, 2))
+    ys = jnp.where(ok[None, :, None], ys, 0.0)
+    bases = jnp.where(ok[None, :, None], bases, 0.0)
     us = jax.vmap(lambda y, t, b: problem.net_fn(params, y, t, b))(
         ys[:-1], problem.scheme.times[:-1], bases
     )
     log_w, _ = path_log_weights(problem.scheme, ys, us, problem.log_density)
+    log_w = jnp.where(ok, log_w, jnp.nan)
     mask = _mask(log_w, problem.max_log_weight_dev)
-    mean = _masked_mean(log_w, mask)
-    var = _masked_mean((log_w - mean) ** 2, mask)
+    log_w_safe = jnp.where(mask, log_w, 0.0)
+    mean = _masked_mean(log_w_safe, mask)
+    var = _masked_mean((log_w_safe - mean) ** 2, mask)
     return var / problem.dim, (jax.lax.stop_gradient(log_w), mask)
 
 

@@ -1,11 +1,12 @@
 """The control network u_theta(y, t) (DESIGN.md s.3, "known-good choices").
 
-    u_theta(y, t) = MLP([y, e(t)]) + g_theta(t) * clip(grad log rho(y) + y / tau_K)
+    u_theta(y, t) = MLP([y, e(t)]) + g_theta(t) * s(y, t) + k_theta(t) * y
 
-with e(t) a Fourier time embedding of t / T, the MLP's output layer and the gate g's output
-layer initialised at zero (so the untrained sampler is the reference process), and the
-target score clipped coordinate-wise. ``grad log rho(y) + y / tau_K`` is the optimal control
-at the data end (t = 0) in the parametrisation of :mod:`numpyro_hjb.diffusion`.
+with e(t) a Fourier time embedding of t / T, s(y, t) a clipped target-score feature, and the
+output layers of the MLP and of the time-only gates (g, k) initialised at zero, so that the
+untrained sampler is the reference process. With g = 1, k = 1 / tau_K at t = 0 the control is
+``grad log rho(y) + y / tau_K``, the optimal control at the data end in the parametrisation
+of :mod:`numpyro_hjb.diffusion`. The score feature is built in ``control.engine``.
 
 Parameters are a plain pytree of arrays ({"net": [(W, b), ...], "gate": [(W, b), ...]}),
 which keeps save/load to ``.npz`` trivial.
@@ -52,7 +53,7 @@ def init_control(
     k_net, k_gate = jax.random.split(rng_key)
     return {
         "net": _init_mlp(k_net, [dim + n_emb, *hidden, dim], zero_last=True),
-        "gate": _init_mlp(k_gate, [n_emb, hidden[0], dim], zero_last=True),
+        "gate": _init_mlp(k_gate, [n_emb, hidden[0], 2 * dim], zero_last=True),
     }
 
 
@@ -64,7 +65,8 @@ def apply_control(
     horizon: float,
     num_time_features: int = 16,
 ) -> Array:
-    """u_theta(y, t) for a batch y (B, d) at one time t, given base = clipped target term (B, d)."""
+    """u_theta(y, t) for a batch y (B, d) at one time t, given the score feature base (B, d)."""
     emb = time_embedding(t, horizon, num_time_features).astype(y.dtype)
     inp = jnp.concatenate([y, jnp.broadcast_to(emb, (y.shape[0], emb.shape[0]))], axis=1)
-    return _apply_mlp(params["net"], inp) + _apply_mlp(params["gate"], emb) * base
+    gate_score, gate_y = jnp.split(_apply_mlp(params["gate"], emb), 2)
+    return _apply_mlp(params["net"], inp) + gate_score * base + gate_y * y

@@ -1,0 +1,112 @@
+"""The learned-control engine: training, proposals, evidence and the fit API (DESIGN.md s.3)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+from numpyro_hjb import Target, fit
+from numpyro_hjb.control.engine import DEFAULTS, build_problem
+from numpyro_hjb.control.losses import kl_loss, lv_loss
+from numpyro_hjb.control.network import init_control
+
+TINY = dict(num_iterations=150, batch_size=64, num_steps=16, log_every=50, hidden=(32, 32))
+
+MEAN = jnp.array([2.0, -1.0])
+SD = jnp.array([0.5, 1.5])
+
+
+def gaussian_target(log_z=0.4):
+    def log_rho(x):
+        return log_z + jnp.sum(jax.scipy.stats.norm.logpdf(x, MEAN, SD))
+
+    return Target.from_log_density(log_rho, 2)
+
+
+@pytest.mark.parametrize("loss", ["lv", "kl"])
+def test_loss_decreases_on_a_tiny_problem(loss):
+    result = fit(gaussian_target(), engine="dds", loss=loss, progress_bar=False, **TINY)
+    curve = result.history["loss"]
+    assert curve.shape == (150,) and np.all(np.isfinite(curve))
+    start, end = curve[:20].mean(), curve[-20:].mean()
+    if loss == "lv":
+        assert end < 0.5 * start, (start, end)
+    else:  # KL loss = -ELBO / d: bounded below by -log Z / d
+        assert end < start - 0.05, (start, end)
+
+
+def test_untrained_control_gives_unbiased_evidence():
+    """E_F[w] = Z for the zero-initialised (reference) and a randomly perturbed control."""
+    target = gaussian_target(log_z=0.4)
+    config = {**DEFAULTS, **TINY, "scheme": "dis", "num_steps": 16}
+    params = init_control(jax.random.PRNGKey(0), 2, (32, 32))
+    params = jax.tree_util.tree_map(
+        lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params
+    )
+    from numpyro_hjb.api import FitResult
+
+    result = FitResult("dis", target, {"params": params}, config)
+    est = result.log_evidence(jax.random.PRNGKey(2), num_samples=40_000)
+    assert abs(est.log_z - 0.4) < 4 * est.log_z_se + 1e-3, est
+
+
+def test_lv_and_kl_losses_run_and_are_finite():
+    target = gaussian_target()
+    for scheme in ("dis", "dds", "pis"):
+        config = {**DEFAULTS, **TINY, "scheme": scheme}
+        problem = build_problem(target, config)
+        params = init_control(jax.random.PRNGKey(0), 2, (32, 32))
+        for loss in (lv_loss, kl_loss):
+            value, (log_w, mask) = loss(params, jax.random.PRNGKey(3), problem)
+            assert np.isfinite(float(value)) and log_w.shape == (64,) and bool(mask.all())
+
+
+def test_fit_numpyro_model_end_to_end():
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+        sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+        numpyro.deterministic("mu2", 2 * mu)
+        with numpyro.plate("n", y.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+    y = jnp.array([0.5, 1.2, 0.8, 1.9, 1.1])
+    result = fit(model, y, engine="dis", loss="lv", progress_bar=False, **TINY)
+    draws = result.sample(jax.random.PRNGKey(0), 200)
+    assert set(draws.samples) == {"mu", "sigma", "mu2"}
+    assert draws.samples["mu"].shape == (200,)
+    assert bool(jnp.all(draws.samples["sigma"] > 0))
+    np.testing.assert_allclose(draws.samples["mu2"], 2 * draws.samples["mu"], rtol=1e-6)
+    est = result.log_evidence(num_samples=2000)
+    assert np.isfinite(est.log_z) and np.isfinite(est.log_z_se) and 0 < est.ess <= 1
+    assert result.info["num_target_grad_evals"] == 150 * 64 * 16
+
+
+def test_warm_start_uses_the_given_parameters():
+    target = gaussian_target()
+    first = fit(target, engine="dds", progress_bar=False, **TINY)
+    again = fit(
+        target, engine="dds", progress_bar=False, init_state=first, **{**TINY, "num_iterations": 50}
+    )
+    cold = fit(target, engine="dds", progress_bar=False, **{**TINY, "num_iterations": 50})
+    assert again.history["loss"][:10].mean() < cold.history["loss"][:10].mean()
+
+
+def test_bad_settings_raise_clear_errors():
+    target = gaussian_target()
+    with pytest.raises(TypeError, match="num_iterationz"):
+        fit(target, engine="dis", num_iterationz=3)
+    with pytest.raises(ValueError, match="loss"):
+        fit(target, engine="dis", loss="elbo", progress_bar=False)
+    with pytest.raises(ValueError, match="engine"):
+        fit(target, engine="nuts")
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(target, engine="dis", batch_size=0, progress_bar=False)
+
+
+def test_divergence_is_reported_not_returned():
+    from numpyro_hjb.control.engine import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError, match="diverged"):
+        fit(gaussian_target(), engine="dis", learning_rate=float("inf"), progress_bar=False, **TINY)

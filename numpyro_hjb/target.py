@@ -147,7 +147,7 @@ def make_target(
         ValueError: discrete latent sites, no latent sites, an unknown whitening.
         RuntimeError: no initial point with a finite potential.
     """
-    from numpyro.infer.initialization import init_to_median
+    from numpyro.infer.initialization import init_to_uniform as init_strategy
     from numpyro.infer.util import initialize_model
 
     if not callable(model):
@@ -171,7 +171,7 @@ def make_target(
         info, potential_fn, postprocess_fn, model_trace = initialize_model(
             key_init,
             model,
-            init_strategy=init_to_median(num_samples=15),
+            init_strategy=init_strategy,
             model_args=model_args,
             model_kwargs=model_kwargs,
         )

@@ -11,10 +11,22 @@ to the posterior.
 
 from .api import Draws, FitResult, fit
 from .evidence import EvidenceEstimate, estimate_evidence
+from .inference_data import to_inference_data
+from .io import load_fit, save_fit
+from .kernel import DDS, DIS, PIS, TTHJB
+from .model_evidence import log_evidence
 from .target import Target, make_target, whiten
 
 __all__ = [
     "fit",
+    "DIS",
+    "DDS",
+    "PIS",
+    "TTHJB",
+    "log_evidence",
+    "to_inference_data",
+    "save_fit",
+    "load_fit",
     "FitResult",
     "Draws",
     "EvidenceEstimate",

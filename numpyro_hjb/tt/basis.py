@@ -74,6 +74,8 @@ def eval_basis_np(x: np.ndarray, p: int, deriv: int = 0) -> np.ndarray:
 def gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
     """n-point Gauss quadrature for gamma = N(0, 1): sum_j w_j f(x_j) = E_gamma[f] exactly
     for polynomials of degree <= 2n - 1 (numpy's hermegauss, weights divided by sqrt(2 pi))."""
+    if n > 200:
+        raise ValueError(f"Gauss-Hermite rule with {n} > 200 nodes underflows in float64")
     x, w = np.polynomial.hermite_e.hermegauss(n)
     w = w / math.sqrt(2.0 * math.pi)
     x.setflags(write=False)

@@ -1,0 +1,500 @@
+"""Functional tensor trains (FTT) over the orthonormal Hermite basis (DESIGN.md s.4).
+
+    f(x) = sum_{i_1..i_d} G_1[:, i_1, :] G_2[:, i_2, :] ... G_d[:, i_d, :] h_{i_1}(x_1) ... h_{i_d}(x_d),
+    G_k of shape (r_{k-1}, p_k + 1, r_k),  r_0 = r_d = 1.
+
+Because the basis is orthonormal in L2(gamma), the L2(gamma) inner product of two FTTs is the
+Frobenius inner product of their coefficient tensors, and TT rounding in coefficient space is
+rounding in L2(gamma).
+
+Two layers:
+
+* the algebra (addition, scaling, Hadamard product, orthogonalisation, rounding, norms) runs
+  on the host in numpy float64: ranks change at every step and numpy avoids a recompile per
+  shape. A :class:`TT` is nevertheless a JAX pytree (its cores are the leaves), so it can be
+  passed to jitted code and stored in the engine state.
+* batch evaluation of value, gradient and Laplacian at points (:func:`value_grad_lap`) is
+  written in jax.numpy with a Python loop over the d cores and no loop over points; call it
+  inside ``jax.jit`` under ``jax.enable_x64(True)`` for float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .basis import derivative_matrix, eval_basis, gauss_hermite, eval_basis_np
+
+__all__ = [
+    "TT",
+    "from_cores",
+    "constant_tt",
+    "ranks",
+    "degrees",
+    "value",
+    "value_grad_lap",
+    "gradient",
+    "add",
+    "scale",
+    "sub",
+    "hadamard",
+    "partial_derivative",
+    "grad_norm_sq",
+    "pad_degrees",
+    "project_degrees",
+    "apply_ou_semigroup",
+    "orthogonalize_right",
+    "orthogonalize_left",
+    "round_tt",
+    "inner",
+    "norm",
+    "constant_coefficient",
+    "nonconstant_norm",
+    "to_full",
+    "pad_ranks",
+    "is_finite",
+]
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class TT:
+    """A functional tensor train: ``cores[k]`` has shape (r_{k-1}, p_k + 1, r_k)."""
+
+    cores: tuple
+
+    def tree_flatten(self):
+        return tuple(self.cores), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(tuple(children))
+
+    @property
+    def dim(self) -> int:
+        return len(self.cores)
+
+    def __repr__(self) -> str:
+        return f"TT(d={self.dim}, ranks={ranks(self)}, degrees={degrees(self)})"
+
+
+def from_cores(cores: Sequence) -> TT:
+    """Build a TT from cores, checking the rank chain; converts to numpy float64."""
+    cs = tuple(np.asarray(c, dtype=np.float64) for c in cores)
+    if not cs:
+        raise ValueError("a TT needs at least one core")
+    if cs[0].shape[0] != 1 or cs[-1].shape[2] != 1:
+        raise ValueError("boundary ranks must be 1")
+    for k in range(len(cs) - 1):
+        if cs[k].ndim != 3 or cs[k].shape[2] != cs[k + 1].shape[0]:
+            raise ValueError(f"rank mismatch between cores {k} and {k + 1}")
+    return TT(cs)
+
+
+def constant_tt(value_: float, dim: int, degree: int | Sequence[int] = 0) -> TT:
+    """The constant function ``value_`` (rank 1)."""
+    degs = [degree] * dim if np.isscalar(degree) else list(degree)
+    cores = []
+    for k in range(dim):
+        c = np.zeros((1, degs[k] + 1, 1))
+        c[0, 0, 0] = value_ if k == 0 else 1.0
+        cores.append(c)
+    return TT(tuple(cores))
+
+
+def ranks(tt: TT) -> tuple[int, ...]:
+    """(r_0, ..., r_d)."""
+    return (1,) + tuple(int(c.shape[2]) for c in tt.cores)
+
+
+def degrees(tt: TT) -> tuple[int, ...]:
+    """(p_1, ..., p_d)."""
+    return tuple(int(c.shape[1]) - 1 for c in tt.cores)
+
+
+def is_finite(tt: TT) -> bool:
+    return all(bool(np.all(np.isfinite(c))) for c in tt.cores)
+
+
+# ----------------------------------------------------------------------------------------
+# evaluation at points (jax.numpy; jit-able, vmapped over points by broadcasting)
+
+
+def _mode_matrices(core, phi_k):
+    """A[b] = sum_i G[:, i, :] phi_k[b, i]: (n, r0, r1) (phi_k: basis values, (n, >= p+1))."""
+    return jnp.einsum("bi,aic->bac", phi_k[:, : core.shape[1]], core)
+
+
+def _basis_all(x, pmax: int, deriv: int):
+    """h_i^{(deriv)}(x[:, k]) for all modes at once: (n, d, pmax + 1)."""
+    return eval_basis(x, pmax, deriv, xp=jnp)
+
+
+def value(cores: Sequence, x) -> jax.Array:
+    """f(x) for x of shape (n, d) -> (n,) (numpy float64 on the host when x and the cores
+    are numpy arrays, jax.numpy otherwise)."""
+    if isinstance(x, np.ndarray) and all(isinstance(c, np.ndarray) for c in cores):
+        x = x.astype(np.float64)
+        phi = eval_basis_np(x, max(c.shape[1] for c in cores) - 1)
+        left = np.ones((x.shape[0], 1))
+        for k, core in enumerate(cores):
+            left = np.einsum("ba,bac->bc", left, np.einsum("bi,aic->bac", phi[:, k, : core.shape[1]], core))
+        return left[:, 0]
+    x = jnp.asarray(x)
+    cores = [jnp.asarray(c) for c in cores]
+    phi = _basis_all(x, max(c.shape[1] for c in cores) - 1, 0)
+    left = jnp.ones((x.shape[0], 1), x.dtype)
+    for k, core in enumerate(cores):
+        left = jnp.einsum("ba,bac->bc", left, _mode_matrices(core, phi[:, k]))
+    return left[:, 0]
+
+
+def value_grad_lap(cores: Sequence, x, laplacian: bool = True):
+    """(f(x) (n,), grad f(x) (n, d), Laplacian f(x) (n,)) through left/right interface stacks.
+
+    With A_k, A'_k, A''_k the mode matrices of h, h', h'' at x_k and
+    L_k = A_1 ... A_k, R_k = A_k ... A_d:  d_mu f = L_{mu-1} A'_mu R_{mu+1},
+    Delta f = sum_mu L_{mu-1} A''_mu R_{mu+1}. (Without ``laplacian`` the third output is 0.)
+    """
+    x = jnp.asarray(x)
+    n, d = x.shape
+    cores = [jnp.asarray(c) for c in cores]
+    pmax = max(c.shape[1] for c in cores) - 1
+    phi0 = _basis_all(x, pmax, 0)
+    phi1 = _basis_all(x, pmax, 1)
+    a0 = [_mode_matrices(c, phi0[:, k]) for k, c in enumerate(cores)]
+    a1 = [_mode_matrices(c, phi1[:, k]) for k, c in enumerate(cores)]
+    lefts = [jnp.ones((n, 1), x.dtype)]
+    for k in range(d):
+        lefts.append(jnp.einsum("ba,bac->bc", lefts[-1], a0[k]))
+    rights = [jnp.ones((n, 1), x.dtype)]
+    for k in reversed(range(d)):
+        rights.append(jnp.einsum("bac,bc->ba", a0[k], rights[-1]))
+    rights = rights[::-1]  # rights[k] = A_k ... A_d (rights[d] = 1)
+    val = lefts[d][:, 0]
+    grads = []
+    lap = jnp.zeros((n,), x.dtype)
+    phi2 = _basis_all(x, pmax, 2) if laplacian else None
+    for k in range(d):
+        grads.append(jnp.einsum("ba,bac,bc->b", lefts[k], a1[k], rights[k + 1]))
+        if laplacian:
+            a2 = _mode_matrices(cores[k], phi2[:, k])
+            lap = lap + jnp.einsum("ba,bac,bc->b", lefts[k], a2, rights[k + 1])
+    return val, jnp.stack(grads, axis=-1), lap
+
+
+def gradient(cores: Sequence, x) -> jax.Array:
+    """grad f(x): (n, d)."""
+    return value_grad_lap(cores, x, laplacian=False)[1]
+
+
+# ----------------------------------------------------------------------------------------
+# algebra (numpy float64, host)
+
+
+def _np_cores(tt: TT) -> list[np.ndarray]:
+    return [np.asarray(c, dtype=np.float64) for c in tt.cores]
+
+
+def pad_degrees(tt: TT, degs: Sequence[int] | int) -> TT:
+    """Zero-pad (never truncate) each core to degree ``degs[k]`` (exact)."""
+    cores = _np_cores(tt)
+    degs = [degs] * len(cores) if np.isscalar(degs) else list(degs)
+    out = []
+    for c, p in zip(cores, degs):
+        q = c.shape[1] - 1
+        out.append(np.pad(c, ((0, 0), (0, max(p - q, 0)), (0, 0))))
+    return TT(tuple(out))
+
+
+def project_degrees(tt: TT, degs: Sequence[int] | int) -> TT:
+    """P_p: L2(gamma)-orthogonal projection onto degree <= degs[k] in mode k (pads if lower)."""
+    cores = _np_cores(tt)
+    degs = [degs] * len(cores) if np.isscalar(degs) else list(degs)
+    out = []
+    for c, p in zip(cores, degs):
+        q = c.shape[1] - 1
+        out.append(c[:, : p + 1, :] if q >= p else np.pad(c, ((0, 0), (0, p - q), (0, 0))))
+    return TT(tuple(out))
+
+
+def scale(tt: TT, alpha: float) -> TT:
+    """alpha f (scales the first core; ranks unchanged)."""
+    cores = _np_cores(tt)
+    cores[0] = cores[0] * alpha
+    return TT(tuple(cores))
+
+
+def add(a: TT, b: TT) -> TT:
+    """a + b: block cores, ranks r_a + r_b (first/last cores concatenated), degrees max."""
+    if a.dim != b.dim:
+        raise ValueError(f"dimension mismatch {a.dim} vs {b.dim}")
+    degs = [max(pa, pb) for pa, pb in zip(degrees(a), degrees(b))]
+    ca, cb = _np_cores(pad_degrees(a, degs)), _np_cores(pad_degrees(b, degs))
+    d = a.dim
+    if d == 1:
+        return TT((ca[0] + cb[0],))
+    out = []
+    for k in range(d):
+        ga, gb = ca[k], cb[k]
+        if k == 0:
+            out.append(np.concatenate([ga, gb], axis=2))
+        elif k == d - 1:
+            out.append(np.concatenate([ga, gb], axis=0))
+        else:
+            r0a, n, r1a = ga.shape
+            r0b, _, r1b = gb.shape
+            g = np.zeros((r0a + r0b, n, r1a + r1b))
+            g[:r0a, :, :r1a] = ga
+            g[r0a:, :, r1a:] = gb
+            out.append(g)
+    return TT(tuple(out))
+
+
+def sub(a: TT, b: TT) -> TT:
+    """a - b."""
+    return add(a, scale(b, -1.0))
+
+
+def _core_values(core: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """V[a, q, b] = sum_i G[a, i, b] h_i(nodes_q)."""
+    return np.einsum("qi,aib->aqb", eval_basis_np(nodes, core.shape[1] - 1), core)
+
+
+def _hadamard_core(
+    ga: np.ndarray, gb: np.ndarray, p: int, nodes: int | None = None, cutoff: float = 0.0
+) -> np.ndarray:
+    """Core of P_p(a * b) in one mode: C[(a,a'), l, (b,b')] = sum_{ij} c_{ijl} Ga[a,i,b] Gb[a',j,b'],
+    computed exactly by Gauss-Hermite quadrature with n_q >= (pa + pb + p + 1) / 2 nodes."""
+    pa, pb = ga.shape[1] - 1, gb.shape[1] - 1
+    nq = (pa + pb + p + 2) // 2 + 1 if nodes is None else int(nodes)
+    x, w = gauss_hermite(nq)
+    va = _core_values(ga, x)
+    vb = _core_values(gb, x)
+    prod = np.einsum("aqb,cqd->acqbd", va, vb)
+    r0 = ga.shape[0] * gb.shape[0]
+    r1 = ga.shape[2] * gb.shape[2]
+    prod = prod.reshape(r0, nq, r1)
+    if cutoff > 0:  # chi(x) = exp(-(x / R)^8): the product is damped outside |x| ~ R
+        nq = max(nq, 2 * p + 2)
+        x, w = gauss_hermite(nq)
+        prod = np.einsum("aqb,cqd->acqbd", _core_values(ga, x), _core_values(gb, x))
+        prod = prod.reshape(r0, nq, r1) * np.exp(-((x / cutoff) ** 8))[None, :, None]
+    t = eval_basis_np(x, p) * w[:, None]  # (nq, p+1)
+    return np.einsum("ql,aqb->alb", t, prod)
+
+
+def hadamard(a: TT, b: TT, degs: Sequence[int] | int | None = None) -> TT:
+    """P_p(a * b): pointwise product projected onto degrees ``degs`` (default max(p_a, p_b));
+    ranks r_a r_b (Kronecker structure), computed mode-wise in coefficient space."""
+    if a.dim != b.dim:
+        raise ValueError(f"dimension mismatch {a.dim} vs {b.dim}")
+    if degs is None:
+        degs = [max(pa, pb) for pa, pb in zip(degrees(a), degrees(b))]
+    elif np.isscalar(degs):
+        degs = [int(degs)] * a.dim
+    ca, cb = _np_cores(a), _np_cores(b)
+    return TT(tuple(_hadamard_core(x, y, p) for x, y, p in zip(ca, cb, degs)))
+
+
+def _derivative_core(core: np.ndarray) -> np.ndarray:
+    """Core of d/dx_k in mode k: G'[:, n-1, :] = sqrt(n) G[:, n, :] (same shape)."""
+    dm = derivative_matrix(core.shape[1] - 1)
+    return np.einsum("ij,ajb->aib", dm, core)
+
+
+def partial_derivative(tt: TT, mu: int) -> TT:
+    """d f / d x_mu (same ranks and degrees)."""
+    cores = _np_cores(tt)
+    cores[mu] = _derivative_core(cores[mu])
+    return TT(tuple(cores))
+
+
+def grad_norm_sq(
+    tt: TT, degs: Sequence[int] | int | None = None, collocation: bool = False,
+    cutoff: float = 0.0,
+) -> TT:
+    """P_p |grad f|^2 = P_p sum_mu (d_mu f)^2 as one TT of rank <= 2 r^2 (before rounding).
+
+    With A_k = P(G_k o G_k) and B_k = P(G'_k o G'_k) (mode-wise Hadamard cores), the sum over
+    mu is the TT with cores [B_1, A_1], [[A_k, 0], [B_k, A_k]], [A_d; B_d].
+
+    ``collocation=True`` replaces the exact projection by interpolation at p_k + 1
+    Gauss-Hermite nodes (pseudo-spectral product, aliased). ``cutoff`` R > 0 computes
+    P_p sum_mu chi_R(x_mu) (d_mu f)^2 with chi_R(x) = exp(-(x/R)^8) (the cutoff acts on the
+    differentiated coordinate only, so sums of univariate functions stay rank 2).
+    """
+    cores = _np_cores(tt)
+    d = len(cores)
+    if degs is None:
+        degs = degrees(tt)
+    elif np.isscalar(degs):
+        degs = [int(degs)] * d
+    nodes = [p + 1 if collocation else None for p in degs]
+    a = [_hadamard_core(c, c, p, q) for c, p, q in zip(cores, degs, nodes)]
+    b = [
+        _hadamard_core(_derivative_core(c), _derivative_core(c), p, q, cutoff)
+        for c, p, q in zip(cores, degs, nodes)
+    ]
+    if d == 1:
+        return TT((b[0],))
+    out = []
+    for k in range(d):
+        if k == 0:
+            out.append(np.concatenate([b[0], a[0]], axis=2))
+        elif k == d - 1:
+            out.append(np.concatenate([a[k], b[k]], axis=0))
+        else:
+            r0, n, r1 = a[k].shape
+            g = np.zeros((2 * r0, n, 2 * r1))
+            g[:r0, :, :r1] = a[k]
+            g[r0:, :, :r1] = b[k]
+            g[r0:, :, r1:] = a[k]
+            out.append(g)
+    return TT(tuple(out))
+
+
+def apply_ou_semigroup(tt: TT, tau: float, viscosity: float = 0.0, order: int = 4) -> TT:
+    """e^{tau L} f: the degree-n slice of core k is multiplied by e^{-tau n}
+    (L h_alpha = -|alpha| h_alpha, e^{-tau |alpha|} = prod_k e^{-tau alpha_k}); ranks unchanged.
+
+    ``viscosity`` nu > 0 adds spectral hyperviscosity: in mode k (degree p_k) the rate of
+    degree n becomes n + nu p_k (n / p_k)^order (only the top degrees are damped; a
+    stabilisation of the Galerkin HJB that vanishes as p -> infinity)."""
+    out = []
+    for c in _np_cores(tt):
+        n = np.arange(c.shape[1], dtype=np.float64)
+        rate = n.copy()
+        p = max(c.shape[1] - 1, 1)
+        if viscosity > 0:
+            rate = rate + viscosity * p * (n / p) ** order
+        fac = np.exp(-tau * rate)
+        out.append(c * fac[None, :, None])
+    return TT(tuple(out))
+
+
+def orthogonalize_right(tt: TT) -> TT:
+    """Right-orthogonalise cores 2..d by an RQ sweep (same function); returns the TT whose
+    first core carries the norm."""
+    cores = _np_cores(tt)
+    for k in range(len(cores) - 1, 0, -1):
+        r0, n, r1 = cores[k].shape
+        q, r = np.linalg.qr(cores[k].reshape(r0, n * r1).T)  # G^T = Q R
+        cores[k] = q.T.reshape(-1, n, r1)
+        cores[k - 1] = np.einsum("aib,cb->aic", cores[k - 1], r)
+    return TT(tuple(cores))
+
+
+def orthogonalize_left(tt: TT) -> TT:
+    """Left-orthogonalise cores 1..d-1 by a QR sweep; the last core carries the norm."""
+    cores = _np_cores(tt)
+    for k in range(len(cores) - 1):
+        r0, n, r1 = cores[k].shape
+        q, r = np.linalg.qr(cores[k].reshape(r0 * n, r1))
+        cores[k] = q.reshape(r0, n, -1)
+        cores[k + 1] = np.einsum("ab,bic->aic", r, cores[k + 1])
+    return TT(tuple(cores))
+
+
+def round_tt(
+    tt: TT,
+    tol: float = 1e-12,
+    max_rank: int | None = None,
+    return_info: bool = False,
+):
+    """TT rounding: right-orthogonalisation, then a left-to-right truncated-SVD sweep.
+
+    Each SVD drops singular values with tail norm <= tol ||f|| / sqrt(d - 1), so without a
+    rank cap ||f - round(f)|| <= tol ||f|| (L2(gamma) norm). ``max_rank`` caps every rank
+    (the bound then no longer holds). With ``return_info`` also returns
+    {"norm": ||f||, "top_degree_mass": (d,) ||component of f of degree exactly p_k in x_k||,
+    "truncation": norm of what was cut}; the top-degree masses are read off the
+    orthogonality centre at each step of the sweep.
+    """
+    cores = _np_cores(orthogonalize_right(tt))
+    d = len(cores)
+    nrm = float(np.linalg.norm(cores[0]))
+    delta = tol * nrm / math.sqrt(max(d - 1, 1))
+    top = np.zeros(d)
+    cut_sq = 0.0
+    for k in range(d - 1):
+        r0, n, r1 = cores[k].shape
+        top[k] = np.linalg.norm(cores[k][:, -1, :])
+        try:
+            u, s, vt = np.linalg.svd(cores[k].reshape(r0 * n, r1), full_matrices=False)
+        except np.linalg.LinAlgError:  # pragma: no cover - rare LAPACK failure
+            u, s, vt = _svd_fallback(cores[k].reshape(r0 * n, r1))
+        tail = np.sqrt(np.cumsum((s**2)[::-1]))[::-1]  # tail[j] = ||s[j:]||
+        r = int(np.sum(tail > delta)) if s.size else 0
+        r = max(r, 1)
+        if max_rank is not None:
+            r = min(r, int(max_rank))
+        cut_sq += float(np.sum(s[r:] ** 2))
+        cores[k] = u[:, :r].reshape(r0, n, r)
+        cores[k + 1] = np.einsum("ab,bic->aic", s[:r, None] * vt[:r], cores[k + 1])
+    top[d - 1] = np.linalg.norm(cores[d - 1][:, -1, :])
+    out = TT(tuple(cores))
+    if return_info:
+        return out, {"norm": nrm, "top_degree_mass": top, "truncation": math.sqrt(cut_sq)}
+    return out
+
+
+def _svd_fallback(m: np.ndarray):
+    import scipy.linalg
+
+    return scipy.linalg.svd(m, full_matrices=False, lapack_driver="gesvd")
+
+
+def inner(a: TT, b: TT) -> float:
+    """<a, b>_{L2(gamma)} = Frobenius inner product of the coefficient tensors."""
+    degs = [max(pa, pb) for pa, pb in zip(degrees(a), degrees(b))]
+    ca, cb = _np_cores(pad_degrees(a, degs)), _np_cores(pad_degrees(b, degs))
+    m = np.ones((1, 1))
+    for ga, gb in zip(ca, cb):
+        m = np.einsum("ac,aib,cid->bd", m, ga, gb)
+    return float(m[0, 0])
+
+
+def norm(tt: TT) -> float:
+    """||f||_{L2(gamma)} (via right-orthogonalisation: accurate also for differences)."""
+    return float(np.linalg.norm(orthogonalize_right(tt).cores[0]))
+
+
+def constant_coefficient(tt: TT) -> float:
+    """E_gamma[f] = coefficient of h_0...h_0 = prod_k G_k[:, 0, :]."""
+    m = np.ones((1, 1))
+    for c in _np_cores(tt):
+        m = m @ c[:, 0, :]
+    return float(m[0, 0])
+
+
+def nonconstant_norm(tt: TT) -> float:
+    """||f - E_gamma f||: norm of all non-constant coefficients."""
+    c0 = constant_coefficient(tt)
+    return norm(add(tt, constant_tt(-c0, tt.dim)))
+
+
+def to_full(tt: TT) -> np.ndarray:
+    """Full coefficient tensor (p_1+1, ..., p_d+1) (small d only, for tests)."""
+    cores = _np_cores(tt)
+    full = cores[0][0]
+    for c in cores[1:]:
+        full = np.tensordot(full, c, axes=([-1], [0]))
+    return full[..., 0]
+
+
+def pad_ranks(tt: TT, rank_caps: Sequence[int], degs: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """Cores zero-padded to ranks ``rank_caps`` (r_0..r_d) and degrees ``degs`` (exact; for
+    stacking TTs of different ranks into fixed-shape arrays for jit)."""
+    out = []
+    for k, c in enumerate(_np_cores(tt)):
+        r0, n, r1 = c.shape
+        out.append(
+            np.pad(c, ((0, rank_caps[k] - r0), (0, degs[k] + 1 - n), (0, rank_caps[k + 1] - r1)))
+        )
+    return tuple(out)

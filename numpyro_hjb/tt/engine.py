@@ -1,0 +1,470 @@
+"""Engine 2: tensor-train HJB (DESIGN.md s.4), implementing the engine protocol of api.py.
+
+    fit(target, rng_key, config, progress_bar) -> (state, history, info)
+    propose(target, config, state, rng_key, num) -> (x (num, d), log_w (num,))
+
+Pipeline of :func:`fit`: (1) optional diagonal pre-scaling x = s * xi (rho~(xi) = rho(s xi) prod s,
+same Z); (2) W_0 = U - |xi|^2/2 into FTT form by TT-cross on a Gauss-Hermite grid;
+(3) Lawson-Heun integration of dW/dt = L W - |grad W|^2 with snapshots W_{t_j} at the
+sampling grid times t_j (the grid of ``numpyro_hjb.diffusion.ou_scheme(horizon, K, power)``),
+then on until W is constant (log Z read-off, Cole-Hopf corrected).
+
+Formulations (``formulation``; "auto" tries them in this order):
+
+1. "hjb", exact: used when W_0 is a polynomial of degree ``degree`` (default 2: Gaussian
+   targets, whitened or not). Then W_t stays a degree-2 polynomial, the Galerkin HJB is exact
+   up to time stepping and rounding, and log Z is read off to ~1e-6.
+2. "hjb(cutoff=R)": for any other W_0 the Hermite-Galerkin HJB blows up within t ~ 1e-3..1e-1
+   (measured: every non-polynomial 1-D W_0 tried, and the quartic manywell); the far-field
+   cutoff sum_mu chi_R(x_mu) (d_mu W)^2 stabilises it in 1-D and for mild targets (see
+   :func:`numpyro_hjb.tt.hjb.integrate`); the read-off is then approximate.
+3. "cole_hopf": h_t = e^{tL} h_0 with h_0 = e^{-(W_0 - c)} by TT-cross at ``ch_degree``
+   (linear, exact in time, never blows up; needs a high degree for narrow modes, and
+   grad W = -grad h / h is only as good as the expansion of h).
+
+Sampling (:func:`propose`), with the TT score  grad log p_t = -y - grad W_t:
+
+* ``sampler="sde"``: the reverse SDE by ``diffusion.simulate_paths`` with the "ei" scheme
+  and control u(y, t) = score + y = -grad W_t(y); log w are the exact path weights of
+  ``diffusion.path_log_weights`` (E[w] = Z for any score).
+* ``sampler="ode"``: the probability-flow ODE. Forward: dx/dt = -x - score_t(x) = grad W_t(x);
+  reversed (s = T - t): dY/ds = -grad W_{T-s}(Y), Y_0 ~ N(0, I). Each grid interval is one
+  Heun step Phi; log q(Y_end) = log N(Y_0; 0, I) - sum_j log|det D Phi_j(Y_j)| with the exact
+  Jacobian of the discrete map (jax.jacfwd), so log w = log rho - log q is exact for the
+  proposal actually used.
+
+Precision: float64 throughout, enabled locally with the ``jax.enable_x64(True)`` context
+manager (JAX 0.10); the global flag is never changed. ``JIT_PROPOSE = False`` tells api.py that
+this module jits :func:`propose` itself (under the float64 context).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..diffusion import ou_scheme, path_log_weights, simulate_paths, time_grid
+from . import core as C
+from .cross import cross_potential
+from .hjb import integrate, log_z_readoff
+
+__all__ = ["DEFAULTS", "JIT_PROPOSE", "fit", "propose", "stacked_snapshot", "score_fn"]
+
+JIT_PROPOSE = False
+
+#: engine settings (all plain Python values)
+DEFAULTS: dict = {
+    # "hjb": Lawson integration of the HJB equation for W (exact-in-degree for Gaussians);
+    # "cole_hopf": h_t = e^{tL} e^{-W_0} (linear, exact in time); "auto": HJB when W_0 is a
+    # polynomial of the chosen degree (hold-out error <= cross_tol) and the integration
+    # stays finite, Cole-Hopf otherwise (see the module docstring).
+    "formulation": "auto",
+    "ch_degree": 64,  # Hermite degree per mode of h_0 = e^{-(W_0 - c)} (Cole-Hopf route)
+    "ch_eps": 1e-10,
+    "ch_nodes": 2.0,  # Gauss-Hermite nodes per mode for h_0 = ch_nodes * (ch_degree + 1)  # grad W = -grad h h / (h^2 + eps^2 E[h]^2): guard where h ~ 0
+    # discretisation
+    "degree": 2,  # degree of the exactness check: W_0 of this degree (Gaussian) -> exact HJB
+    "max_degree": 32,  # degree adaptivity cap
+    "degree_step": 4,  # degrees added when the top-degree mass is too large
+    "degree_tol": 1e-6,  # relative top-degree coefficient mass that triggers growth
+    "max_rank": 24,  # TT rank cap in rounding
+    "round_tol": 1e-11,  # relative TT rounding tolerance
+    # TT-cross for W_0
+    "cross_rank": 8,  # initial cross rank cap (doubles while saturated)
+    "cross_max_rank": 32,
+    "cross_sweeps": 6,
+    "cross_tol": 1e-8,  # hold-out relative error that stops rank doubling
+    # time integration
+    "integrator": "heun",  # "heun" (Lawson-Heun) or "euler" (Lawson-Euler)
+    "step_tol": 1e-5,  # local error tolerance (absolute + relative to ||W - E W||)
+    "init_step": 1e-4,
+    "max_step": 2.0,
+    "t_max": 40.0,  # hard end of the integration
+    "stop_tol": 1e-9,  # stop when ||W - E W|| < stop_tol (after the horizon)
+    "max_steps": 20000,
+    "min_step": 1e-7,
+    "viscosity": 0.0,  # spectral hyperviscosity (stabilisation; 0 = the exact HJB)
+    "cutoff": 4.0,
+    "cutoff_degree": 24,  # degree of W_0 for the cutoff stage (non-polynomial W_0)  # R of the far-field cutoff chi_R |grad W|^2 (stage 2 of "auto"; 0 = off)
+    # sampling
+    "sampler": "ode",  # "ode" (probability flow, exact Jacobians) or "sde" (path weights)
+    "num_sampling_steps": 100,
+    "horizon": 8.0,  # T of the sampler (snapshots are stored on its grid)
+    "grid_power": 2.0,  # grid t_k = T (k/K)^power: refined near t = 0
+    "scale": None,  # None, a float or a length-d list: engine works in xi = x / scale
+    "batch_size": 4096,  # proposals per jitted chunk
+}
+
+
+def _scale_vector(config: dict, dim: int) -> np.ndarray:
+    s = config.get("scale")
+    if s is None:
+        return np.ones(dim)
+    s = np.broadcast_to(np.asarray(s, dtype=np.float64), (dim,)).copy()
+    if not np.all(s > 0):
+        raise ValueError(f"scale must be positive, got {s}")
+    return s
+
+
+def _engine_log_density(target, scale: jax.Array):
+    """log rho~(xi) = log rho(s xi) + sum log s (same Z)."""
+    log_det = jnp.sum(jnp.log(scale))
+
+    def log_density(xi):
+        return target.log_density(scale * xi) + log_det
+
+    return log_density
+
+
+def stacked_snapshot(snapshots: list) -> tuple[np.ndarray, ...]:
+    """Pad TTs of different ranks/degrees to common shapes and stack: core k -> (J, R, P+1, R')."""
+    d = snapshots[0].dim
+    rk = [max(C.ranks(s)[k] for s in snapshots) for k in range(d + 1)]
+    dg = [max(C.degrees(s)[k] for s in snapshots) for k in range(d)]
+    padded = [C.pad_ranks(s, rk, dg) for s in snapshots]
+    return tuple(np.stack([p[k] for p in padded]) for k in range(d))
+
+
+def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=None):
+    """Cross-approximate W_0 (or h_0), evolve it, store W_t (or h_t) on the sampling grid.
+
+    Returns:
+        state: {"times": (K+1,) ascending forward times, "cores": tuple of d arrays
+            (K+1, R_{k-1}, P_k+1, R_k) (zero-padded snapshots of W_{t_j}, or of h_{t_j} on the
+            Cole-Hopf route), "scale": (d,), "cole_hopf": () 0/1, "h_eps": () guard}.
+        history: per accepted HJB step: time, step, max_rank, max_degree, residual
+            (||W - E W||), error (local error estimate); empty on the Cole-Hopf route.
+        info: compile_s, train_s, num_target_evals, log_z_readoff, readoff_residual,
+            cross_holdout_error, cross_rank, formulation, final_max_rank, final_ranks,
+            final_degree, num_steps, num_rejected, final_time, hjb_failure (message or "").
+    """
+    if init_state is not None:
+        import warnings
+
+        warnings.warn("engine 'tt' has no warm start; init_state is ignored")
+    cfg = {**DEFAULTS, **config}
+    if cfg["sampler"] not in ("ode", "sde"):
+        raise ValueError(f"sampler must be 'ode' or 'sde', got {cfg['sampler']!r}")
+    if cfg["formulation"] not in ("auto", "hjb", "cole_hopf"):
+        raise ValueError(
+            f"formulation must be 'auto', 'hjb' or 'cole_hopf', got {cfg['formulation']!r}"
+        )
+    d = int(target.dim)
+    seed = int(np.asarray(jax.random.randint(rng_key, (), 0, 2**31 - 1)))
+    with jax.enable_x64(True):
+        scale = jnp.asarray(_scale_vector(cfg, d))
+        log_density = _engine_log_density(target, scale)
+
+        @jax.jit
+        def w0_batch(xi):
+            return jax.vmap(lambda z: -log_density(z) - 0.5 * jnp.sum(z**2))(xi)
+
+        def w0_fun(pts: np.ndarray) -> np.ndarray:
+            out = []
+            for i in range(0, pts.shape[0], 65536):
+                out.append(np.asarray(w0_batch(jnp.asarray(pts[i : i + 65536]))))
+            return np.concatenate(out)
+
+        t0 = time.perf_counter()
+        probe = w0_fun(np.zeros((1, d)))
+        if not np.all(np.isfinite(probe)):
+            raise RuntimeError("The target's log density is not finite at the origin.")
+        compile_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        k_steps = int(cfg["num_sampling_steps"])
+        grid = np.asarray(time_grid(float(cfg["horizon"]), k_steps, float(cfg["grid_power"])))
+        snap_times = np.sort(grid)
+        num_evals = 0
+        formulation = cfg["formulation"]
+        hjb_failure = ""
+        res = cross = None
+        if formulation in ("auto", "hjb"):
+            cross = cross_potential(
+                w0_fun,
+                d,
+                int(cfg["degree"]),
+                rank=int(cfg["cross_rank"]),
+                max_rank=int(cfg["cross_max_rank"]),
+                num_sweeps=int(cfg["cross_sweeps"]),
+                round_tol=float(cfg["round_tol"]),
+                holdout_tol=float(cfg["cross_tol"]),
+                seed=seed,
+            )
+            num_evals += cross.num_evals + 2000
+            polynomial = cross.holdout_error <= float(cfg["cross_tol"])
+            cutoff = float(cfg["cutoff"])
+            # stage 1: the exact HJB (W_0 a polynomial of the chosen degree, e.g. Gaussian);
+            # stage 2: HJB with the far-field cutoff; stage 3 (auto only): Cole-Hopf.
+            stages = [0.0] if polynomial else []
+            if cutoff > 0 and (formulation == "auto" or not polynomial):
+                stages.append(cutoff)
+            if formulation == "hjb" and not stages:
+                stages = [0.0]
+            for r_cut in stages:
+                w_init = cross.tt
+                if r_cut > 0 and not polynomial:
+                    cross = cross_potential(
+                        w0_fun,
+                        d,
+                        int(cfg["cutoff_degree"]),
+                        rank=int(cfg["cross_rank"]),
+                        max_rank=int(cfg["cross_max_rank"]),
+                        num_sweeps=int(cfg["cross_sweeps"]),
+                        round_tol=float(cfg["round_tol"]),
+                        holdout_tol=float(cfg["cross_tol"]),
+                        seed=seed,
+                        num_nodes=2 * int(cfg["cutoff_degree"]) + 2,
+                    )
+                    num_evals += cross.num_evals + 2000
+                    w_init = cross.tt
+                try:
+                    res = _run_hjb(w_init, snap_times, cfg, progress_bar, r_cut)
+                    used_cutoff = r_cut
+                    break
+                except RuntimeError as err:
+                    hjb_failure += f"[cutoff={r_cut}] {err} "
+            if res is None and formulation == "hjb":
+                raise RuntimeError(f"TT-HJB failed: {hjb_failure}")
+        if res is not None:
+            log_z, resid = log_z_readoff(res.final)
+            snapshots, final = res.snapshots, res.final
+            history = dict(res.history)
+            used = "hjb" if used_cutoff == 0 else f"hjb(cutoff={used_cutoff:g})"
+            cole_hopf, h_eps = 0.0, 0.0
+            holdout, cross_rank = cross.holdout_error, int(max(C.ranks(cross.tt)))
+        else:
+            if hjb_failure:
+                import warnings
+
+                warnings.warn(f"TT-HJB: using the Cole-Hopf formulation ({hjb_failure})")
+            ch = _cole_hopf(w0_fun, d, cfg, seed)
+            num_evals += ch["num_evals"]
+            snapshots = [C.apply_ou_semigroup(ch["h0"], float(t)) for t in snap_times]
+            final = ch["h0"]
+            log_z, resid = ch["log_z"], 0.0
+            history = {}
+            used = "cole_hopf"
+            cole_hopf, h_eps = 1.0, float(cfg["ch_eps"]) * abs(ch["mean_h"])
+            holdout, cross_rank = ch["holdout_error"], int(max(C.ranks(ch["h0"])))
+        train_s = time.perf_counter() - t1
+    state = {
+        "times": np.asarray(snap_times, dtype=np.float64),
+        "cores": stacked_snapshot(snapshots),
+        "scale": np.asarray(scale, dtype=np.float64),
+        "cole_hopf": np.asarray(cole_hopf),
+        "h_eps": np.asarray(h_eps),
+    }
+    hist_or = history if history else {}
+    info = {
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "formulation": used,
+        "hjb_failure": hjb_failure,
+        "num_target_evals": int(num_evals),
+        "log_z_readoff": float(log_z),
+        "readoff_residual": float(resid),
+        "cross_holdout_error": float(holdout),
+        "cross_rank": cross_rank,
+        "final_max_rank": int(max(C.ranks(final))),
+        "final_ranks": tuple(C.ranks(final)),
+        "final_degree": int(max(C.degrees(final))),
+        "max_rank_used": int(np.max(hist_or.get("max_rank", [max(C.ranks(final))]))),
+        "max_degree_used": int(np.max(hist_or.get("max_degree", [max(C.degrees(final))]))),
+        "num_steps": int(res.num_steps) if res is not None else 0,
+        "num_rejected": int(res.num_rejected) if res is not None else 0,
+        "final_time": float(res.final_time) if res is not None else float(snap_times[-1]),
+    }
+    return state, history, info
+
+
+def _run_hjb(
+    w0: C.TT, snap_times: np.ndarray, cfg: dict, progress_bar: bool, cutoff: float = 0.0
+):
+    return integrate(
+        w0,
+        snap_times,
+        t_max=max(float(cfg["t_max"]), float(cfg["horizon"])),
+        stop_tol=float(cfg["stop_tol"]),
+        integrator=cfg["integrator"],
+        step_tol=float(cfg["step_tol"]),
+        init_step=float(cfg["init_step"]),
+        max_step=float(cfg["max_step"]),
+        round_tol=float(cfg["round_tol"]),
+        max_rank=int(cfg["max_rank"]),
+        degree_tol=float(cfg["degree_tol"]),
+        degree_step=int(cfg["degree_step"]),
+        max_degree=int(cfg["max_degree"]),
+        max_steps=int(cfg["max_steps"]),
+        min_step=float(cfg["min_step"]),
+        viscosity=float(cfg["viscosity"]),
+        cutoff=float(cutoff),
+        progress_bar=progress_bar,
+    )
+
+
+def _cole_hopf(w0_fun, d: int, cfg: dict, seed: int) -> dict:
+    """h_0 = e^{-(W_0 - c)} by TT-cross at degree ``ch_degree``; c = min of W_0 on probe points.
+
+    Z = (2 pi)^{d/2} E_gamma[e^{-W_0}] = (2 pi)^{d/2} e^{-c} E_gamma[h_0], and h_t = e^{tL} h_0
+    exactly (Cole-Hopf), so W_t = c - log h_t and grad W_t = -grad h_t / h_t.
+    """
+    from .basis import gauss_hermite
+
+    rng = np.random.default_rng(seed + 1)
+    p = int(cfg["ch_degree"])
+    nodes = np.asarray(gauss_hermite(p + 1)[0])
+    probe = np.concatenate(
+        [np.zeros((1, d)), rng.standard_normal((4096, d)),
+         np.stack([np.zeros(d)] * (p + 1)) + nodes[:, None] * np.eye(d)[0]]
+    )
+    c = float(np.min(w0_fun(probe)))
+
+    def h_fun(pts):
+        return np.exp(-np.clip(w0_fun(pts) - c, -700.0, 700.0))
+
+    cr = cross_potential(
+        h_fun,
+        d,
+        p,
+        rank=int(cfg["cross_rank"]),
+        max_rank=int(cfg["cross_max_rank"]),
+        num_sweeps=int(cfg["cross_sweeps"]),
+        round_tol=float(cfg["round_tol"]),
+        holdout_tol=float(cfg["cross_tol"]),
+        seed=seed,
+        num_nodes=int(math.ceil(float(cfg["ch_nodes"]) * (p + 1))),
+    )
+    mean_h = C.constant_coefficient(cr.tt)
+    if not mean_h > 0:
+        raise RuntimeError(
+            f"Cole-Hopf: E_gamma[h_0] = {mean_h:.3g} <= 0; the Hermite expansion of "
+            "e^{-W_0} failed (increase ch_degree or whiten/scale the target)."
+        )
+    log_z = 0.5 * d * math.log(2 * math.pi) - c + math.log(mean_h)
+    return {
+        "h0": cr.tt,
+        "num_evals": cr.num_evals + 2000 + probe.shape[0],
+        "log_z": log_z,
+        "mean_h": mean_h,
+        "holdout_error": cr.holdout_error,
+    }
+
+
+def _cores_at(cores: tuple, times: jax.Array, t: jax.Array) -> list:
+    """Snapshot nearest to forward time t (the sampler's times are the snapshot times)."""
+    j = jnp.argmin(jnp.abs(times - t))
+    return [c[j] for c in cores]
+
+
+def score_fn(state: dict, x: jax.Array, t: float) -> jax.Array:
+    """grad log p_t(x) = -x - grad W_t(x) in engine coordinates xi (t: a snapshot time);
+    call under ``jax.enable_x64(True)``."""
+    cores = _cores_at(tuple(jnp.asarray(c) for c in state["cores"]), jnp.asarray(state["times"]), t)
+    cole_hopf = bool(np.asarray(state.get("cole_hopf", 0.0)) > 0)
+    return -x - _grad_w(cores, x, cole_hopf, jnp.asarray(state.get("h_eps", 0.0)))
+
+
+def _grad_w(cores, y, cole_hopf: bool, h_eps):
+    """grad W_t(y) (n, d): from the W-TT, or -grad h h / (h^2 + eps^2) from the h-TT."""
+    if not cole_hopf:
+        return C.gradient(cores, y)
+    h, gh, _ = C.value_grad_lap(cores, y, laplacian=False)
+    return -gh * (h / (h**2 + h_eps**2))[:, None]
+
+
+@partial(
+    jax.jit,
+    static_argnames=("num", "sampler", "horizon", "k_steps", "power", "log_density", "cole_hopf"),
+)
+def _propose_chunk(
+    cores, times, scale, h_eps, key, *, num, sampler, horizon, k_steps, power, log_density,
+    cole_hopf,
+):
+    d = scale.shape[0]
+    grad_w = partial(_grad_w, cole_hopf=cole_hopf, h_eps=h_eps)
+    if sampler == "sde":
+        scheme = ou_scheme(horizon, k_steps, "ei", power)
+
+        def control(y, t):
+            return -grad_w(_cores_at(cores, times, t), y)
+
+        ys, us = simulate_paths(key, scheme, control, num, d, dtype=jnp.float64)
+        log_w, _ = path_log_weights(scheme, ys, us, log_density)
+        return scale * ys[-1], log_w
+    # probability-flow ODE, Heun steps between consecutive snapshot times (T -> 0)
+    y0 = jax.random.normal(key, (num, d), jnp.float64)
+    log_q0 = -0.5 * jnp.sum(y0**2, axis=-1) - 0.5 * d * math.log(2 * math.pi)
+    rev = tuple(c[::-1] for c in cores)  # index 0 = time T
+    t_rev = times[::-1]
+
+    def step(carry, inp):
+        y, log_q = carry
+        ca, cb, h = inp
+
+        def phi(z):  # one point (d,) -> (d,)
+            fa = -grad_w(ca, z[None])[0]
+            fb = -grad_w(cb, (z + h * fa)[None])[0]
+            return z + 0.5 * h * (fa + fb)
+
+        def phi_and_logdet(z):
+            jac = jax.jacfwd(phi)(z)
+            return phi(z), jnp.linalg.slogdet(jac)[1]
+
+        y_new, logdet = jax.vmap(phi_and_logdet)(y)
+        return (y_new, log_q - logdet), None
+
+    hs = t_rev[:-1] - t_rev[1:]
+    inputs = ([c[:-1] for c in rev], [c[1:] for c in rev], hs)
+    (y_end, log_q), _ = jax.lax.scan(step, (y0, log_q0), inputs)
+    log_rho = jax.vmap(log_density)(y_end)
+    return scale * y_end, log_rho - log_q
+
+
+def propose(target, config: dict, state: dict, rng_key, num: int):
+    """``num`` proposals x (num, d) in the target's coordinates and log w = log rho(x) - log q(x)
+    for the proposal actually used (SDE: path weights; ODE: exact discrete-map Jacobians)."""
+    cfg = {**DEFAULTS, **config}
+    with jax.enable_x64(True):
+        scale = jnp.asarray(state["scale"], jnp.float64)
+        cores = tuple(jnp.asarray(c, jnp.float64) for c in state["cores"])
+        times = jnp.asarray(state["times"], jnp.float64)
+        cole_hopf = bool(np.asarray(state.get("cole_hopf", 0.0)) > 0)
+        h_eps = jnp.asarray(state.get("h_eps", 0.0), jnp.float64)
+        log_density = _LogDensityCache.get(target, tuple(np.asarray(state["scale"]).tolist()))
+        xs, lws = [], []
+        bs = int(cfg["batch_size"])
+        keys = jax.random.split(rng_key, max(1, -(-num // bs)))
+        for i, start in enumerate(range(0, num, bs)):
+            n_i = min(bs, num - start)
+            x, lw = _propose_chunk(
+                cores, times, scale, h_eps, keys[i], num=n_i, sampler=cfg["sampler"],
+                cole_hopf=cole_hopf,
+                horizon=float(cfg["horizon"]), k_steps=int(cfg["num_sampling_steps"]),
+                power=float(cfg["grid_power"]), log_density=log_density,
+            )
+            xs.append(x)
+            lws.append(lw)
+        x = jnp.concatenate(xs)
+        log_w = jnp.concatenate(lws)
+    return x, log_w
+
+
+class _LogDensityCache:
+    """One hashable log-density closure per (target, scale), so the jit cache is reused."""
+
+    _cache: dict = {}
+
+    @classmethod
+    def get(cls, target, scale: tuple):
+        key = (id(target), scale)
+        hit = cls._cache.get(key)
+        if hit is not None and hit[0] is target:
+            return hit[1]
+        fn = _engine_log_density(target, jnp.asarray(scale, jnp.float64))
+        cls._cache[key] = (target, fn)
+        return fn

@@ -18,7 +18,6 @@ the same model and data to :func:`load_fit`.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import io
 import json
@@ -27,11 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .api import ENGINES, FitResult
-from .target import Target, make_target
+from .target import apply_whitening, Target, make_target
 
 __all__ = ["save_fit", "load_fit", "apply_whitening"]
 
@@ -137,42 +135,6 @@ def _from_json(value: Any) -> Any:
 
 
 # -- whitening ----------------------------------------------------------------------------
-
-
-def apply_whitening(target: Target, shift: jax.Array, scale_tril: jax.Array, method: str) -> Target:
-    """Re-express an unwhitened ``target`` in x = L^{-1}(z - mu) with *given* (mu, L).
-
-    The same construction as :func:`numpyro_hjb.target.whiten` without the pre-fit:
-    Phi(x) = U(mu + L x) - log|det L| (DESIGN.md s.1), so Z is unchanged.
-    """
-    if target.whitening != "none":
-        raise ValueError("target is already whitened")
-    mu = jnp.asarray(shift)
-    tril = jnp.asarray(scale_tril)
-    if mu.shape != (target.dim,) or tril.shape != (target.dim, target.dim):
-        raise ValueError(
-            f"whitening arrays have shapes {mu.shape}, {tril.shape}; the target has "
-            f"dimension {target.dim}"
-        )
-    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diag(tril))))
-    inner = target.log_density
-
-    def to_unconstrained(x):
-        return mu + tril @ x
-
-    def log_density(x):
-        return inner(to_unconstrained(x)) + log_det
-
-    init = jax.scipy.linalg.solve_triangular(tril, target.init - mu, lower=True)
-    return dataclasses.replace(
-        target,
-        log_density=log_density,
-        to_unconstrained=to_unconstrained,
-        shift=mu,
-        scale_tril=tril,
-        init=init,
-        whitening=method,
-    )
 
 
 # -- save / load --------------------------------------------------------------------------

@@ -23,10 +23,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["Target", "make_target", "whiten"]
+__all__ = ["Target", "make_target", "whiten", "apply_whitening"]
 
 Array = jax.Array
 
@@ -289,6 +288,24 @@ def whiten(
     if not (bool(jnp.all(jnp.isfinite(mu))) and bool(jnp.all(jnp.isfinite(tril)))):
         warnings.warn(f"{method} pre-fit failed (non-finite); continuing without whitening")
         return target
+    return apply_whitening(target, mu, tril, method)
+
+
+def apply_whitening(target: Target, shift: jax.Array, scale_tril: jax.Array, method: str) -> Target:
+    """Re-express an unwhitened ``target`` in x = L^{-1}(z - mu) with *given* (mu, L).
+
+    The map behind :func:`whiten`, also used to restore a saved fit without the pre-fit:
+    Phi(x) = U(mu + L x) - log|det L| (DESIGN.md s.1), so Z is unchanged.
+    """
+    if target.whitening != "none":
+        raise ValueError("target is already whitened")
+    mu = jnp.asarray(shift)
+    tril = jnp.asarray(scale_tril)
+    if mu.shape != (target.dim,) or tril.shape != (target.dim, target.dim):
+        raise ValueError(
+            f"whitening arrays have shapes {mu.shape}, {tril.shape}; the target has "
+            f"dimension {target.dim}"
+        )
     log_det = jnp.sum(jnp.log(jnp.abs(jnp.diag(tril))))
     inner = target.log_density
 
@@ -308,11 +325,3 @@ def whiten(
         init=init,
         whitening=method,
     )
-
-
-def check_finite_array(name: str, value: Any) -> np.ndarray:
-    """Convert to a numpy array and raise a ValueError naming ``name`` if non-finite."""
-    arr = np.asarray(value)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values")
-    return arr

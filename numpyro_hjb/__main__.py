@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-write", action="store_true", help="print the rows only")
 
     demo = sub.add_parser("demo", help="a short demonstration (numpyro_hjb.demo)")
-    demo.add_argument("--engine", default="dis", help="engine to demonstrate (default dis)")
+    demo.add_argument("--engine", default="dds", help="engine to demonstrate (default dds)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

@@ -115,7 +115,7 @@ class FitResult:
 def fit(
     model: Callable | Target,
     *model_args: Any,
-    engine: str = "dis",
+    engine: str = "dds",
     rng_key: jax.Array | None = None,
     whitening: str | None = None,
     progress_bar: bool = True,
@@ -128,7 +128,10 @@ def fit(
     Args:
         model: NumPyro model, or a :class:`Target`.
         *model_args: positional arguments of the model.
-        engine: "dis", "dds", "pis" (learned control) or "tt" (tensor-train HJB).
+        engine: "dds" (default), "dis", "pis" (learned control) or "tt" (tensor-train HJB).
+            DDS and DIS differ only in the integrator (exponential vs Euler–Maruyama); the
+            Euler–Maruyama variance mismatch costs ESS in every Gaussian-like dimension
+            (docs/benchmarks_notes.md), hence the default.
         rng_key: PRNG key (default key 0).
         whitening: None, "laplace" or "advi" (DESIGN.md s.1).
         progress_bar: show a tqdm bar while fitting.

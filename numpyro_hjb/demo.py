@@ -68,7 +68,7 @@ def exact_log_evidence(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def main(args) -> dict:
-    """Fit ``args.engine`` (default "dis") to the demo regression, print the posterior
+    """Fit ``args.engine`` (default "dds") to the demo regression, print the posterior
     summary and log Z ± SE against the exact values, save a plot.
 
     ``args`` needs ``engine``, ``seed`` and ``no_progress``; optional ``out`` (plot path,
@@ -84,7 +84,7 @@ def main(args) -> dict:
     from .kernel import DiffusionKernel
     from .model_evidence import log_evidence
 
-    engine = getattr(args, "engine", None) or "dis"
+    engine = getattr(args, "engine", None) or "dds"
     seed = int(getattr(args, "seed", 0) or 0)
     progress = not bool(getattr(args, "no_progress", False))
     out = getattr(args, "out", None) or "demo.png"
@@ -158,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m numpyro_hjb.demo", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--engine", default="dis", choices=["dis", "dds", "pis", "tt"])
+    parser.add_argument("--engine", default="dds", choices=["dis", "dds", "pis", "tt"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--out", default="demo.png", help="plot path (default demo.png)")

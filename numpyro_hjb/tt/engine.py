@@ -183,18 +183,22 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
         formulation = cfg["formulation"]
         hjb_failure = ""
         res = cross = None
-        if formulation in ("auto", "hjb"):
-            cross = cross_potential(
+        def run_cross(degree, **extra):
+            return cross_potential(
                 w0_fun,
                 d,
-                int(cfg["degree"]),
+                degree,
                 rank=int(cfg["cross_rank"]),
                 max_rank=int(cfg["cross_max_rank"]),
                 num_sweeps=int(cfg["cross_sweeps"]),
                 round_tol=float(cfg["round_tol"]),
                 holdout_tol=float(cfg["cross_tol"]),
                 seed=seed,
+                **extra,
             )
+
+        if formulation in ("auto", "hjb"):
+            cross = run_cross(int(cfg["degree"]))
             num_evals += cross.num_evals + 2000
             polynomial = cross.holdout_error <= float(cfg["cross_tol"])
             cutoff = float(cfg["cutoff"])
@@ -208,17 +212,8 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
             for r_cut in stages:
                 w_init = cross.tt
                 if r_cut > 0 and not polynomial:
-                    cross = cross_potential(
-                        w0_fun,
-                        d,
-                        int(cfg["cutoff_degree"]),
-                        rank=int(cfg["cross_rank"]),
-                        max_rank=int(cfg["cross_max_rank"]),
-                        num_sweeps=int(cfg["cross_sweeps"]),
-                        round_tol=float(cfg["round_tol"]),
-                        holdout_tol=float(cfg["cross_tol"]),
-                        seed=seed,
-                        num_nodes=2 * int(cfg["cutoff_degree"]) + 2,
+                    cross = run_cross(
+                        int(cfg["cutoff_degree"]), num_nodes=2 * int(cfg["cutoff_degree"]) + 2
                     )
                     num_evals += cross.num_evals + 2000
                     w_init = cross.tt

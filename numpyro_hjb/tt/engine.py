@@ -130,6 +130,22 @@ def stacked_snapshot(snapshots: list) -> tuple[np.ndarray, ...]:
     return tuple(np.stack([p[k] for p in padded]) for k in range(d))
 
 
+def _cross_from_config(fun, d: int, degree: int, cfg: dict, seed: int, **extra):
+    """TT-cross of ``fun`` with the cross settings of ``cfg`` (see DEFAULTS)."""
+    return cross_potential(
+        fun,
+        d,
+        degree,
+        rank=int(cfg["cross_rank"]),
+        max_rank=int(cfg["cross_max_rank"]),
+        num_sweeps=int(cfg["cross_sweeps"]),
+        round_tol=float(cfg["round_tol"]),
+        holdout_tol=float(cfg["cross_tol"]),
+        seed=seed,
+        **extra,
+    )
+
+
 def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=None):
     """Cross-approximate W_0 (or h_0), evolve it, store W_t (or h_t) on the sampling grid.
 
@@ -184,18 +200,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
         hjb_failure = ""
         res = cross = None
         def run_cross(degree, **extra):
-            return cross_potential(
-                w0_fun,
-                d,
-                degree,
-                rank=int(cfg["cross_rank"]),
-                max_rank=int(cfg["cross_max_rank"]),
-                num_sweeps=int(cfg["cross_sweeps"]),
-                round_tol=float(cfg["round_tol"]),
-                holdout_tol=float(cfg["cross_tol"]),
-                seed=seed,
-                **extra,
-            )
+            return _cross_from_config(w0_fun, d, degree, cfg, seed, **extra)
 
         if formulation in ("auto", "hjb"):
             cross = run_cross(int(cfg["degree"]))
@@ -322,17 +327,8 @@ def _cole_hopf(w0_fun, d: int, cfg: dict, seed: int) -> dict:
     def h_fun(pts):
         return np.exp(-np.clip(w0_fun(pts) - c, -700.0, 700.0))
 
-    cr = cross_potential(
-        h_fun,
-        d,
-        p,
-        rank=int(cfg["cross_rank"]),
-        max_rank=int(cfg["cross_max_rank"]),
-        num_sweeps=int(cfg["cross_sweeps"]),
-        round_tol=float(cfg["round_tol"]),
-        holdout_tol=float(cfg["cross_tol"]),
-        seed=seed,
-        num_nodes=int(math.ceil(float(cfg["ch_nodes"]) * (p + 1))),
+    cr = _cross_from_config(
+        h_fun, d, p, cfg, seed, num_nodes=int(math.ceil(float(cfg["ch_nodes"]) * (p + 1)))
     )
     mean_h = C.constant_coefficient(cr.tt)
     if not mean_h > 0:

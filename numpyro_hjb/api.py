@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from contextlib import nullcontext
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -149,11 +150,15 @@ def fit(
         if model_args or model_kwargs:
             raise ValueError("model arguments given with a prepared Target")
         target = model
-    else:
-        target = make_target(
-            model, *model_args, rng_key=key_target, whitening=whitening, **(model_kwargs or {})
-        )
     mod = engine_module(engine)
+    if not isinstance(model, Target):
+        # A float64 engine (TT) gets its whitening pre-fit in float64 as well: in float32 the
+        # whitened potential of a Gaussian is quadratic only up to round-off.
+        precision = jax.enable_x64(True) if getattr(mod, "FLOAT64", False) else nullcontext()
+        with precision:
+            target = make_target(
+                model, *model_args, rng_key=key_target, whitening=whitening, **(model_kwargs or {})
+            )
     unknown = set(config) - set(mod.DEFAULTS) - set(ENGINES[engine][1])
     if unknown:
         raise TypeError(

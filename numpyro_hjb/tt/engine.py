@@ -56,6 +56,8 @@ from .hjb import integrate, log_z_readoff
 __all__ = ["DEFAULTS", "JIT_PROPOSE", "fit", "propose", "stacked_snapshot", "score_fn"]
 
 JIT_PROPOSE = False
+#: api.fit builds (and whitens) the target in float64 for this engine
+FLOAT64 = True
 
 #: engine settings (all plain Python values)
 DEFAULTS: dict = {

@@ -37,6 +37,17 @@ def _gauss(d: int, seed: int = 0, log_z: float = 1.3):
     return Target.from_log_density(log_density, d), m, s, log_z
 
 
+def _fit_and_propose(target, cfg: dict, num: int):
+    """Fit the engine with DEFAULTS updated by ``cfg``, draw ``num`` proposals; time both."""
+    config = {**engine.DEFAULTS, **cfg}
+    t0 = time.perf_counter()
+    state, _, info = engine.fit(target, jax.random.PRNGKey(0), config, False)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    x, lw = engine.propose(target, config, state, jax.random.PRNGKey(1), num)
+    return state, info, x, lw, fit_s, time.perf_counter() - t0
+
+
 def run_gauss(d: int, whitened: bool, num: int = 4096, **cfg) -> dict:
     target, m, s, log_z = _gauss(d)
     if whitened:
@@ -45,13 +56,7 @@ def run_gauss(d: int, whitened: bool, num: int = 4096, **cfg) -> dict:
         li = np.linalg.inv(tril)
         m = li @ (m - np.asarray(target.shift))
         s = li @ s @ li.T
-    config = {**engine.DEFAULTS, **cfg}
-    t0 = time.perf_counter()
-    state, hist, info = engine.fit(target, jax.random.PRNGKey(0), config, False)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    x, lw = engine.propose(target, config, state, jax.random.PRNGKey(1), num)
-    prop_s = time.perf_counter() - t0
+    state, info, x, lw, fit_s, prop_s = _fit_and_propose(target, cfg, num)
     ev = estimate_evidence(lw)
     # score error at points drawn from the exact p_t
     rng = np.random.default_rng(7)
@@ -102,13 +107,7 @@ def run_multimodal(name: str, num: int = 4096, **cfg) -> dict:
     else:
         d, c = {"manywell5": (5, 4.0), "manywell20": (20, 2.0)}[name]
         target, log_z = _manywell(d, c)
-    config = {**engine.DEFAULTS, **cfg}
-    t0 = time.perf_counter()
-    state, hist, info = engine.fit(target, jax.random.PRNGKey(0), config, False)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    x, lw = engine.propose(target, config, state, jax.random.PRNGKey(1), num)
-    prop_s = time.perf_counter() - t0
+    state, info, x, lw, fit_s, prop_s = _fit_and_propose(target, cfg, num)
     ev = estimate_evidence(lw)
     x = np.asarray(x)
     w = np.exp(np.asarray(lw) - np.max(lw))

@@ -48,6 +48,8 @@ __all__ = [
     "simulate_paths",
     "simulate_log_weights",
     "path_log_weights",
+    "reference_bridge",
+    "bridge_log_weights",
     "ou_transition",
     "gaussian_ou_marginal",
     "control_from_score",
@@ -94,9 +96,21 @@ def ou_transition(h: Array) -> tuple[Array, Array]:
 
 
 def ou_scheme(
-    horizon: float = 4.0, num_steps: int = 100, integrator: str = "ei", power: float = 1.0
+    horizon: float = 4.0,
+    num_steps: int = 100,
+    integrator: str = "ei",
+    power: float = 1.0,
+    sigma: float = 1.0,
 ) -> PathScheme:
-    """Time reversal of the OU process from gamma at time T to the target at time 0."""
+    """Time reversal of the OU process from gamma at time T to the target at time 0.
+
+    ``sigma`` scales the reference: dX = -X dt + sqrt(2) sigma dW, stationary law
+    gamma = N(0, sigma^2 I). Its reversal is dY = (-Y + 2 sigma^2 u) ds + sqrt(2) sigma dB with
+    u = score + y / sigma^2, so c and every variance are multiplied by sigma^2 (sigma = 1:
+    DESIGN.md s.2).
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
     times = time_grid(horizon, num_steps, power)
     h = times[:-1] - times[1:]
     a, v = ou_transition(h)
@@ -106,7 +120,8 @@ def ou_scheme(
         alpha, c, v_gen = 1.0 - h, 2.0 * h, 2.0 * h
     else:
         raise ValueError(f"integrator must be 'ei' or 'em', got {integrator!r}")
-    return PathScheme(times, a, v, alpha, c, v_gen, 1.0, 1.0)
+    s2 = float(sigma) ** 2
+    return PathScheme(times, a, s2 * v, alpha, s2 * c, s2 * v_gen, s2, s2)
 
 
 def brownian_scheme(horizon: float = 1.0, num_steps: int = 100, sigma: float = 2.0) -> PathScheme:
@@ -221,6 +236,58 @@ def path_log_weights(
     log_rho = jax.vmap(log_density)(y_end)
     log_ref_end = _gauss_logpdf(y_end, 0.0, jnp.asarray(scheme.final_var, y_end.dtype))
     return log_rho - log_ref_end + jnp.sum(log_r - log_f, axis=0), log_rho
+
+
+def reference_bridge(rng_key: Array, scheme: PathScheme, y_end: Array) -> Array:
+    """A path of the reference R conditioned on its end: ys (K+1, B, d) with ys[K] = y_end.
+
+    R is Gaussian and Markov with marginal variances tau_{k+1} = a_k^2 tau_k + v_k
+    (tau_0 = init_var), so its reversal is Gaussian as well:
+
+        y_k | y_{k+1} ~ N(a_k tau_k / tau_{k+1} y_{k+1}, tau_k v_k / tau_{k+1} I).
+
+    For the OU reference this is the exact noising process run forward from the data end;
+    for PIS it is a Brownian bridge to the point 0. The weight of such a path (DESIGN.md s.3)
+    is what a Metropolis move of y_K needs to rejoin path space (:func:`bridge_log_weights`).
+    """
+    dtype = y_end.dtype
+    a = scheme.ref_scale.astype(dtype)
+    v = scheme.ref_var.astype(dtype)
+
+    def forward_var(tau, inp):
+        a_k, v_k = inp
+        return a_k**2 * tau + v_k, tau
+
+    _, tau = jax.lax.scan(forward_var, jnp.asarray(scheme.init_var, dtype), (a, v))
+    tau_next = a**2 * tau + v
+    mean_coef, var = a * tau / tau_next, tau * v / tau_next
+    noise = jax.random.normal(rng_key, (scheme.num_steps, *y_end.shape), dtype)
+
+    def back(y_next, inp):
+        m, s, eps = inp
+        y = m * y_next + jnp.sqrt(s) * eps
+        return y, y
+
+    _, ys = jax.lax.scan(back, y_end, (mean_coef, var, noise), reverse=True)
+    return jnp.concatenate([ys, y_end[None]], axis=0)
+
+
+def bridge_log_weights(
+    rng_key: Array,
+    scheme: PathScheme,
+    control_fn: ControlFn,
+    log_density: Callable[[Array], Array],
+    y_end: Array,
+) -> Array:
+    """log w (B,) of fresh reference bridges ending at y_end (B, d) (:func:`reference_bridge`).
+
+    The extended target rho(y_K) R(y_{0:K-1} | y_K) / Z has the posterior as its y_K
+    marginal, so moving y_K with any posterior-invariant kernel and then drawing a new
+    bridge is an exact move on path space; this is the weight of the new path.
+    """
+    ys = reference_bridge(rng_key, scheme, y_end)
+    us = jax.lax.map(lambda inp: control_fn(*inp), (ys[:-1], scheme.times[:-1].astype(y_end.dtype)))
+    return path_log_weights(scheme, ys, us, log_density)[0]
 
 
 def control_from_score(score_fn: Callable[[Array, Array], Array], final_var: float = 1.0):

@@ -61,6 +61,15 @@ def test_lv_and_kl_losses_run_and_are_finite():
         for loss in (lv_loss, kl_loss):
             value, (log_w, mask) = loss(params, jax.random.PRNGKey(3), problem)
             assert np.isfinite(float(value)) and log_w.shape == (64,) and bool(mask.all())
+        # LV against the reference (1 - lambda) F + lambda P: lambda = 0 is the plain variance.
+        value0, (log_w, mask) = lv_loss(params, jax.random.PRNGKey(3), problem, target_weight=0.0)
+        np.testing.assert_allclose(float(value0), float(np.var(log_w)) / 2, rtol=1e-4)
+        value1, _ = lv_loss(params, jax.random.PRNGKey(3), problem, target_weight=0.7)
+        grads = jax.grad(lambda p: lv_loss(p, jax.random.PRNGKey(3), problem, target_weight=0.7)[0])(
+            params
+        )
+        assert np.isfinite(float(value1))
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
 
 
 def test_fit_numpyro_model_end_to_end():
@@ -91,6 +100,20 @@ def test_warm_start_uses_the_given_parameters():
     )
     cold = fit(target, engine="dds", progress_bar=False, **{**TINY, "num_iterations": 50})
     assert again.history["loss"][:10].mean() < cold.history["loss"][:10].mean()
+
+
+def test_lv_target_weight_stays_unbiased():
+    """The LV loss against (1 - lambda) F + lambda P trains and keeps the evidence unbiased."""
+    target = gaussian_target(log_z=0.4)
+    result = fit(
+        target, engine="dis", progress_bar=False,
+        **{**TINY, "lv_target_weight": 1.0},
+    )
+    assert np.all(np.isfinite(result.history["loss"]))
+    est = result.log_evidence(jax.random.PRNGKey(2), num_samples=20_000)
+    assert abs(est.log_z - 0.4) < 4 * est.log_z_se + 1e-3, est
+    with pytest.raises(ValueError, match="lv_target_weight"):
+        fit(target, engine="dis", lv_target_weight=1.5, progress_bar=False)
 
 
 def test_bad_settings_raise_clear_errors():

@@ -15,6 +15,9 @@ jit-compiled ``lax.scan`` over ``log_every`` iterations at a time, a tqdm bar wi
 the running ELBO and ESS. A run whose parameters become non-finite raises
 :class:`TrainingDivergedError`; a step with non-finite gradients is skipped
 (``optax.apply_if_finite``).
+
+The LV loss's reference path measure is (1 - lambda) F + lambda P with lambda =
+``lv_target_weight`` (0.5 by default; see :func:`~numpyro_hjb.control.losses.lv_loss`).
 """
 
 from __future__ import annotations
@@ -28,12 +31,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..diffusion import PathScheme, brownian_scheme, ou_scheme, simulate_log_weights
+from ..diffusion import (
+    PathScheme,
+    bridge_log_weights,
+    brownian_scheme,
+    ou_scheme,
+    simulate_log_weights,
+)
 from ..target import Target
 from .losses import LOSSES, Problem
 from .network import apply_control, init_control
 
-__all__ = ["DEFAULTS", "fit", "propose", "TrainingDivergedError", "build_problem"]
+__all__ = [
+    "DEFAULTS",
+    "fit",
+    "propose",
+    "bridge_log_weight",
+    "TrainingDivergedError",
+    "build_problem",
+]
 
 #: Default settings (the same for every target; see docs/benchmarks.md).
 DEFAULTS: dict = {
@@ -52,6 +68,7 @@ DEFAULTS: dict = {
     "grad_clip": 1.0,
     "score_clip": 1e3,
     "exploration": 0.0,  # LV: extra noise scale of the reference policy, decayed to 0
+    "lv_target_weight": 0.5,  # LV: reference measure (1 - lambda) F + lambda P (self-normalised)
     "max_log_weight_dev": 1e4,
     "log_every": 50,
     "sample_chunk": 4096,
@@ -128,6 +145,8 @@ def _validate(config: dict) -> None:
             raise ValueError(f"{name} must be a positive integer, got {config[name]}")
     if config["exploration"] < 0:
         raise ValueError(f"exploration must be >= 0, got {config['exploration']}")
+    if not 0.0 <= float(config["lv_target_weight"]) <= 1.0:
+        raise ValueError(f"lv_target_weight must be in [0, 1], got {config['lv_target_weight']}")
 
 
 def _ess(log_w: jax.Array, mask: jax.Array) -> jax.Array:
@@ -172,6 +191,7 @@ def fit(
         params = jax.tree_util.tree_map(jnp.asarray, init_params)
     opt_state = optimizer.init(params)
     explore = float(config["exploration"])
+    target_weight = float(config["lv_target_weight"])
 
     def one_step(carry, inp):
         params, opt_state = carry
@@ -179,7 +199,9 @@ def fit(
         if config["loss"] == "lv":
             # Exploration noise decays linearly to none at half of the run.
             scale = 1.0 + explore * jnp.clip(1.0 - 2.0 * it / n_iter, 0.0, 1.0)
-            fn = partial(loss_fn, problem=problem, noise_scale=scale)
+            fn = partial(
+                loss_fn, problem=problem, noise_scale=scale, target_weight=target_weight
+            )
         else:
             fn = partial(loss_fn, problem=problem)
         (loss, (log_w, mask)), grads = jax.value_and_grad(fn, has_aux=True)(params, key)
@@ -267,3 +289,18 @@ def propose(target: Target, config: dict, state: dict, rng_key: jax.Array, num: 
     n_chunks = -(-num // chunk)
     ys, log_w = jax.lax.map(one, jax.random.split(rng_key, n_chunks))
     return ys.reshape(-1, problem.dim)[:num], log_w.reshape(-1)[:num]
+
+
+def bridge_log_weight(target: Target, config: dict, state: dict, rng_key: jax.Array, x: jax.Array):
+    """Path log weights (num,) of fresh reference bridges ending at the points x (num, d).
+
+    What an MCMC move of the end point needs to rejoin path space
+    (:func:`numpyro_hjb.diffusion.bridge_log_weights`); jit-able.
+    """
+    problem = build_problem(target, config, batch_size=x.shape[0])
+    params = state["params"]
+
+    def control(y, t):
+        return problem.net_fn(params, y, t, problem.base_fn(y, t))
+
+    return bridge_log_weights(rng_key, problem.scheme, control, problem.log_density, x)

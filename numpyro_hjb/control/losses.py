@@ -62,9 +62,21 @@ def kl_loss(params, rng_key: Array, problem: Problem) -> tuple[Array, tuple[Arra
 
 
 def lv_loss(
-    params, rng_key: Array, problem: Problem, noise_scale: Array | float = 1.0
+    params,
+    rng_key: Array,
+    problem: Problem,
+    noise_scale: Array | float = 1.0,
+    target_weight: Array | float = 0.0,
 ) -> tuple[Array, tuple[Array, Array]]:
-    """Var(log w) on detached trajectories of the stop-gradient policy; (loss, (log_w, mask))."""
+    """Var_Q(log w) on detached trajectories of the stop-gradient policy; (loss, (log_w, mask)).
+
+    The log-variance divergence holds for any reference path measure Q (Richter & Berner):
+    Var_Q(log dP/dF) = 0 iff F = P on the support of Q. ``target_weight`` = lambda picks
+    Q = (1 - lambda) F + lambda P, estimated from the F-paths with the detached weights
+    v_i = (1 - lambda) / N + lambda w_i / sum_j w_j. lambda = 0 is the plain on-policy loss;
+    lambda > 0 moves the loss's attention from the paths F over-samples (very low log w,
+    irrelevant to the ESS) to those it under-samples (high log w, which set the ESS).
+    """
     ref_params = jax.lax.stop_gradient(params)
 
     def ref_control(y, t):
@@ -93,8 +105,12 @@ def lv_loss(
     log_w = jnp.where(ok, log_w, jnp.nan)
     mask = _mask(log_w, problem.max_log_weight_dev)
     log_w_safe = jnp.where(mask, log_w, 0.0)
-    mean = _masked_mean(log_w_safe, mask)
-    var = _masked_mean((log_w_safe - mean) ** 2, mask)
+    lw_det = jax.lax.stop_gradient(jnp.where(mask, log_w, -jnp.inf))
+    snis = jax.nn.softmax(lw_det)
+    n_ok = jnp.maximum(jnp.sum(mask), 1)
+    v = jnp.where(mask, (1.0 - target_weight) / n_ok + target_weight * snis, 0.0)
+    mean = jnp.sum(v * log_w_safe)
+    var = jnp.sum(v * (log_w_safe - mean) ** 2)
     return var / problem.dim, (jax.lax.stop_gradient(log_w), mask)
 
 

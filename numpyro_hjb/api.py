@@ -89,6 +89,22 @@ class FitResult:
             ) else fn
         return self._propose_jit(self.state, rng_key, int(num))
 
+    @property
+    def can_bridge(self) -> bool:
+        """Whether the engine weighs paths through given end points (:meth:`bridge_log_weight`)."""
+        return hasattr(engine_module(self.engine), "bridge_log_weight")
+
+    def bridge_log_weight(self, rng_key: jax.Array, x: jax.Array) -> jax.Array:
+        """Path log weights (num,) of fresh reference bridges ending at x (num, d).
+
+        With this an MCMC move of a proposal's end point rejoins path space exactly
+        (:func:`numpyro_hjb.diffusion.bridge_log_weights`). Learned-control engines only.
+        """
+        if not self.can_bridge:
+            raise NotImplementedError(f"engine {self.engine!r} cannot weigh bridges")
+        mod = engine_module(self.engine)
+        return mod.bridge_log_weight(self.target, self.config, self.state, rng_key, x)
+
     def log_evidence(
         self, rng_key: jax.Array | None = None, num_samples: int = 4096
     ) -> EvidenceEstimate:

@@ -13,18 +13,23 @@ by a small class that plugs them into :class:`numpyro.infer.MCMC`.
   w = rho(y_K) B(y_{0:K-1} | y_K) / F(y_{0:K}) is the ratio of the extended target
   (posterior times the exact noising path) to the proposal on path space, so the chain is
   exact for the posterior for any fitted theta; its acceptance rate measures the fit.
+  With ``proposals_per_step=N > 1`` a step draws N proposals and resamples among them and
+  the current path (iterated SIR), which moves more often when the weights are uneven.
 * **Chains.** With ``num_chains > 1`` the fit happens once and is shared by all chains
   (``sequential``: the first chain fits and the others reuse it; ``vectorized``: NumPyro
   passes a batch of keys and :func:`imh_init` / :func:`imh_step` are ``vmap``-ed;
   ``parallel``: ``init`` is traced under ``pmap``, so the fit runs outside that trace with
   ``fit_rng_key``).
-* **Optional refinement** (``refine_steps=k``, ``refine="mala" | "hmc"``): from each IMH
-  state x the reported draw is x~ = P^k(x, .), k BlackJAX MALA/HMC steps on the target's
-  flat log density. The IMH chain itself continues from x (with its exact path weight),
-  so (x, w, x~) is a Markov chain whose stationary law has x~-marginal exactly the
-  posterior (P leaves it invariant). The draws decorrelate after IMH rejections; the
-  ``accept_prob`` / ``acceptance_rate`` statistics refer to the IMH part only, and
-  ``refine_accept_prob`` (extra field) to the refinement.
+* **Optional local moves** (``refine_steps=k``, ``refine="mala" | "hmc"``): after each
+  IMH step, k BlackJAX MALA/HMC steps on the target's flat log density move the end point,
+  x~ = P^k(x, .). For the learned-control engines x~ then becomes the chain's state, and a
+  fresh reference bridge ending at x~ (the exact conditional of the path given its end,
+  :func:`numpyro_hjb.diffusion.reference_bridge`) gives its path weight: a
+  Metropolis-within-Gibbs move on path space, so local moves explore what the independence
+  proposals visit rarely. For the TT engine, which has no bridge weight, x~ is only
+  reported and the IMH chain continues from x; (x, w, x~) is then a Markov chain whose
+  x~-marginal is still exactly the posterior. ``accept_prob`` / ``acceptance_rate`` refer
+  to the IMH part only, ``refine_accept_prob`` (extra field) to the local moves.
 
 Extra fields collected by default: ``log_weight`` (path log weight of the current IMH
 state), ``accept_prob`` (ArviZ: ``acceptance_rate``), ``accepted`` and ``diverging``
@@ -94,6 +99,7 @@ class IMHState(NamedTuple):
 
 ProposeFn = Callable[[Array], tuple[Array, Array]]
 RefineFn = Callable[[Array, Array], tuple[Array, Array]]
+BridgeFn = Callable[[Array, Array], Array]  # (key, x (d,)) -> path log weight ()
 
 
 def _sanitise(log_w: Array) -> tuple[Array, Array]:
@@ -102,13 +108,31 @@ def _sanitise(log_w: Array) -> tuple[Array, Array]:
     return jnp.where(bad, -jnp.inf, log_w), bad
 
 
-def _report(
-    x: Array, key: Array, to_z: Callable[[Array], dict], refine_fn: RefineFn | None
-) -> tuple[dict, Array]:
+def _move(
+    x: Array,
+    log_w: Array,
+    key: Array,
+    to_z: Callable[[Array], dict],
+    refine_fn: RefineFn | None,
+    bridge_fn: BridgeFn | None,
+) -> tuple[Array, Array, dict, Array]:
+    """The local part of a step: (state x, its log w, reported draw z, refine acceptance).
+
+    Without ``refine_fn`` nothing moves. With it, x~ = P^k(x) (BlackJAX). With a
+    ``bridge_fn`` as well, x~ becomes the state and a fresh reference bridge ending at x~
+    gives its path weight (Metropolis-within-Gibbs on path space: P leaves the posterior
+    invariant, and the bridge is the exact conditional of the path given its end). Without
+    one, x~ is only reported and the chain stays at x.
+    """
     if refine_fn is None:
-        return to_z(x), jnp.asarray(jnp.nan, jnp.float32)
-    x_draw, acc = refine_fn(key, x)
-    return to_z(x_draw), jnp.asarray(acc, jnp.float32)
+        return x, log_w, to_z(x), jnp.asarray(jnp.nan, jnp.float32)
+    key_refine, key_bridge = jax.random.split(key)
+    x_new, acc = refine_fn(key_refine, x)
+    acc = jnp.asarray(acc, jnp.float32)
+    if bridge_fn is None:
+        return x, log_w, to_z(x_new), acc
+    log_w_new, _ = _sanitise(bridge_fn(key_bridge, x_new))
+    return x_new, log_w_new.astype(log_w.dtype), to_z(x_new), acc
 
 
 def imh_init(
@@ -117,6 +141,7 @@ def imh_init(
     rng_key: Array,
     num_init: int = 64,
     refine_fn: RefineFn | None = None,
+    bridge_fn: BridgeFn | None = None,
 ) -> IMHState:
     """Initial IMH state: one of ``num_init`` fresh proposals picked by importance resampling.
 
@@ -129,8 +154,7 @@ def imh_init(
     xs, log_ws = jax.vmap(propose_fn)(jax.random.split(key_prop, num_init))
     log_ws, bad = _sanitise(log_ws)
     idx = jax.random.categorical(key_pick, log_ws)
-    x, log_w = xs[idx], log_ws[idx]
-    z, refine_acc = _report(x, key_ref, to_z, refine_fn)
+    x, log_w, z, refine_acc = _move(xs[idx], log_ws[idx], key_ref, to_z, refine_fn, bridge_fn)
     return IMHState(
         i=jnp.zeros((), jnp.int32),
         z=z,
@@ -150,27 +174,49 @@ def imh_step(
     to_z: Callable[[Array], dict],
     state: IMHState,
     refine_fn: RefineFn | None = None,
+    bridge_fn: BridgeFn | None = None,
+    num_proposals: int = 1,
 ) -> IMHState:
     """One independence Metropolis–Hastings step on path space (DESIGN.md s.5).
 
-    Draw y' ~ F_theta with path log weight log w' and accept it with probability
-    alpha = min(1, w'/w). The proposal is independent of the state, so the extended
-    target rho(y_K) B(path | y_K) / Z is invariant and the y_K-marginal is the posterior.
-    A current state without a finite weight (-inf) accepts any finite proposal; a proposal
-    with a NaN / +inf weight is flagged ``diverging`` and rejected. Pure.
+    ``num_proposals = 1``: draw y' ~ F_theta with path log weight log w' and accept it with
+    probability alpha = min(1, w'/w). ``num_proposals = N > 1``: iterated
+    sampling-importance-resampling (i-SIR; Andrieu, Lee and Vihola 2018): draw N fresh
+    paths and pick the next state among them and the current one with probabilities
+    proportional to their weights; it moves with probability 1 - w / (w + sum w'), more
+    often than IMH when the weights are uneven. Either way the proposals are independent of
+    the state, so the extended target rho(y_K) B(path | y_K) / Z is invariant and the
+    y_K-marginal is the posterior. A current state without a finite weight (-inf) is left
+    for any finite proposal; a proposal with a NaN / +inf weight is flagged ``diverging``
+    and never chosen. Pure.
     """
+    if num_proposals < 1:
+        raise ValueError(f"num_proposals must be >= 1, got {num_proposals}")
     key_chain, key_prop, key_acc, key_ref = jax.random.split(state.rng_key, 4)
-    x_new, log_w_new = propose_fn(key_prop)
-    log_w_new, bad = _sanitise(log_w_new)
     cur = state.log_weight
-    ratio = jnp.exp(jnp.minimum(log_w_new - jnp.where(jnp.isfinite(cur), cur, 0.0), 0.0))
-    accept_prob = jnp.where(
-        jnp.isfinite(log_w_new), jnp.where(jnp.isfinite(cur), ratio, 1.0), 0.0
-    ).astype(jnp.float32)
-    accepted = jax.random.uniform(key_acc) < accept_prob
+    if num_proposals == 1:
+        x_new, log_w_new = propose_fn(key_prop)
+        log_w_new, bad = _sanitise(log_w_new)
+        ratio = jnp.exp(jnp.minimum(log_w_new - jnp.where(jnp.isfinite(cur), cur, 0.0), 0.0))
+        accept_prob = jnp.where(
+            jnp.isfinite(log_w_new), jnp.where(jnp.isfinite(cur), ratio, 1.0), 0.0
+        ).astype(jnp.float32)
+        accepted = jax.random.uniform(key_acc) < accept_prob
+    else:
+        xs, log_ws = jax.vmap(propose_fn)(jax.random.split(key_prop, num_proposals))
+        log_ws, bads = _sanitise(log_ws)
+        bad = jnp.any(bads)
+        pool = jnp.concatenate([cur[None], log_ws])
+        any_finite = jnp.any(jnp.isfinite(pool))
+        probs = jax.nn.softmax(jnp.where(any_finite, pool, 0.0))
+        pick = jnp.where(any_finite, jax.random.categorical(key_acc, jnp.log(probs)), 0)
+        accept_prob = jnp.where(any_finite, 1.0 - probs[0], 0.0).astype(jnp.float32)
+        accepted = pick > 0
+        idx = jnp.maximum(pick - 1, 0)
+        x_new, log_w_new = xs[idx], log_ws[idx]
     x = jnp.where(accepted, x_new, state.x)
     log_w = jnp.where(accepted, log_w_new, cur)
-    z, refine_acc = _report(x, key_ref, to_z, refine_fn)
+    x, log_w, z, refine_acc = _move(x, log_w, key_ref, to_z, refine_fn, bridge_fn)
     n = (state.i + 1).astype(jnp.float32)
     mean_acc = state.mean_accept_prob + (accept_prob - state.mean_accept_prob) / n
     return IMHState(
@@ -264,8 +310,12 @@ class DiffusionKernel(MCMCKernel):
         fit_result: an existing :class:`~numpyro_hjb.api.FitResult` (e.g. from
             :func:`numpyro_hjb.io.load_fit`): no fit is run.
         num_init_proposals: proposals behind the resampled initial state (:func:`imh_init`).
-        refine_steps: BlackJAX steps per draw (0: none); ``refine``: "mala" or "hmc";
-            ``refine_step_size``; ``refine_integration_steps`` (HMC only).
+        proposals_per_step: fresh proposals per step: 1 is independence MH, N > 1 iterated
+            SIR among the N and the current state (:func:`imh_step`); ``accept_prob`` is then
+            the probability of moving.
+        refine_steps: BlackJAX local moves per draw (0: none; see the module docstring);
+            ``refine``: "mala" or "hmc"; ``refine_step_size`` (in engine coordinates,
+            whitened when ``whitening`` is set); ``refine_integration_steps`` (HMC only).
         **engine_config: engine settings, e.g. ``loss="lv"``, ``num_iterations=500``.
 
     The fit is computed in the first ``init`` and reused while the model arguments are the
@@ -284,6 +334,7 @@ class DiffusionKernel(MCMCKernel):
         fit_rng_key: Array | None = None,
         fit_result: FitResult | None = None,
         num_init_proposals: int = 64,
+        proposals_per_step: int = 1,
         refine_steps: int = 0,
         refine: str = "mala",
         refine_step_size: float = 0.1,
@@ -314,6 +365,8 @@ class DiffusionKernel(MCMCKernel):
             )
         if int(num_init_proposals) < 1:
             raise ValueError(f"num_init_proposals must be >= 1, got {num_init_proposals}")
+        if int(proposals_per_step) < 1:
+            raise ValueError(f"proposals_per_step must be >= 1, got {proposals_per_step}")
         if int(refine_steps) < 0:
             raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
         if refine not in ("mala", "hmc"):
@@ -327,6 +380,7 @@ class DiffusionKernel(MCMCKernel):
         self._fit_rng_key = fit_rng_key
         self._engine_config = dict(engine_config)
         self._num_init = int(num_init_proposals)
+        self._num_proposals = int(proposals_per_step)
         self._refine = (refine, int(refine_steps), float(refine_step_size), int(refine_integration_steps))
         self._fit_result = fit_result
         self._fixed_fit = fit_result is not None
@@ -452,10 +506,28 @@ class DiffusionKernel(MCMCKernel):
             if steps > 0
             else None
         )
+        bridge_fn = None
+        if refine_fn is not None and fit_result.can_bridge:
+
+            def bridge_fn(key, x):
+                return fit_result.bridge_log_weight(key, x[None])[0]
+
         init_fn = partial(
-            imh_init, propose_fn, to_z, num_init=self._num_init, refine_fn=refine_fn
+            imh_init,
+            propose_fn,
+            to_z,
+            num_init=self._num_init,
+            refine_fn=refine_fn,
+            bridge_fn=bridge_fn,
         )
-        step_fn = partial(imh_step, propose_fn, to_z, refine_fn=refine_fn)
+        step_fn = partial(
+            imh_step,
+            propose_fn,
+            to_z,
+            refine_fn=refine_fn,
+            bridge_fn=bridge_fn,
+            num_proposals=self._num_proposals,
+        )
         return jax.jit(init_fn), step_fn
 
     def sample(self, state, model_args, model_kwargs):

@@ -10,7 +10,8 @@ import pytest
 from numpyro.infer import MCMC
 
 from numpyro_hjb.api import FitResult
-from numpyro_hjb.kernel import DDS, DIS, TTHJB, IMHState, imh_init, imh_step
+from numpyro_hjb.diffusion import bridge_log_weights, ou_scheme, simulate_log_weights
+from numpyro_hjb.kernel import DDS, DIS, TTHJB, IMHState, imh_init, imh_step, make_refine_fn
 
 # Identical computations (e.g. the IMH step of each sequential chain) compile once.
 
@@ -110,8 +111,10 @@ def test_imh_exact_proposal_always_accepts():
     assert int(state.i) == 5
 
 
-def test_imh_is_exact_for_a_mismatched_proposal():
-    """Proposal N(0, 1.5^2), target N(1, 1): the IMH chain mean and variance match."""
+@pytest.mark.parametrize("num_proposals", [1, 4])
+def test_imh_is_exact_for_a_mismatched_proposal(num_proposals):
+    """Proposal N(0, 1.5^2), target N(1, 1): the IMH (1) and i-SIR (4) chain mean and
+    variance match."""
     def propose(key):
         x = 1.5 * jax.random.normal(key, ())
         log_w = -0.5 * (x - 1.0) ** 2 + 0.5 * (x / 1.5) ** 2 + jnp.log(1.5)
@@ -126,14 +129,60 @@ def test_imh_is_exact_for_a_mismatched_proposal():
     def run(key):
         s0 = imh_init(nan_propose, to_z, key, num_init=8)
         def body(s, _):
-            s = imh_step(nan_propose, to_z, s)
-            return s, (s.x[0], s.diverging, s.accepted)
+            s = imh_step(nan_propose, to_z, s, num_proposals=num_proposals)
+            return s, (s.x[0], s.diverging, s.accepted, s.log_weight)
         return jax.lax.scan(body, s0, None, length=4000)[1]
 
-    xs, div, acc = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(3), 4))
+    xs, div, acc, lw = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(3), 4))
     xs = np.asarray(xs)[:, 100:]
     assert abs(xs.mean() - 1.0) < 0.1 and abs(xs.var() - 1.0) < 0.15
-    assert np.asarray(div).any() and not np.asarray(acc)[np.asarray(div)].any()
+    assert np.asarray(div).any() and np.all(np.isfinite(np.asarray(lw)))  # never chosen
+    if num_proposals == 1:
+        assert not np.asarray(acc)[np.asarray(div)].any()
+    else:  # i-SIR moves more often than IMH (0.56 here) on the same proposal
+        assert float(np.mean(acc)) > 0.65, float(np.mean(acc))
+
+
+def test_local_moves_with_bridge_weights_keep_the_chain_exact():
+    """IMH from an untrained diffusion proposal, alternated with MALA moves of the end point
+    and a fresh bridge (Metropolis-within-Gibbs on path space), on 0.25 N(-2, 0.3^2) +
+    0.75 N(2, 0.3^2). MALA cannot cross between the modes, so the mode weights come from the
+    IMH part; keeping the old path weight after a MALA move biases them (0.79)."""
+
+    def log_rho(x):
+        comp = jnp.stack([jnp.log(0.25) - 0.5 * ((x[0] + 2) / 0.3) ** 2,
+                          jnp.log(0.75) - 0.5 * ((x[0] - 2) / 0.3) ** 2])
+        return jax.scipy.special.logsumexp(comp)
+
+    def control(y, t):
+        return 0.5 * jnp.tanh(y) + 0.2 * y
+
+    scheme = ou_scheme(3.0, 8, "ei")
+
+    def propose(key):
+        y, lw = simulate_log_weights(key, scheme, control, log_rho, 1, 1)
+        return y[0], lw[0]
+
+    def bridge(key, x):
+        return bridge_log_weights(key, scheme, control, log_rho, x[None])[0]
+
+    refine = make_refine_fn(log_rho, 1, "mala", num_steps=3, step_size=0.2)
+    to_z = lambda x: {"x": x}  # noqa: E731
+
+    def run(key):
+        s0 = imh_init(propose, to_z, key, num_init=8, refine_fn=refine, bridge_fn=bridge)
+
+        def body(s, _):
+            s = imh_step(propose, to_z, s, refine_fn=refine, bridge_fn=bridge)
+            return s, (s.x[0], s.accepted)
+
+        return jax.lax.scan(body, s0, None, length=3000)[1]
+
+    xs, acc = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(4), 8))
+    xs = np.asarray(xs)[:, 100:]
+    assert 0.05 < float(np.mean(acc)) < 0.95  # both kinds of move are active
+    assert abs(float(np.mean(xs > 0)) - 0.75) < 0.03
+    np.testing.assert_allclose(xs[xs > 0].std(), 0.3, atol=0.02)
 
 
 def test_bad_arguments():
@@ -143,6 +192,8 @@ def test_bad_arguments():
         DIS(model, refine="nuts")
     with pytest.raises(ValueError, match="refine_steps"):
         DDS(model, refine_steps=-1)
+    with pytest.raises(ValueError, match="proposals_per_step"):
+        DDS(model, proposals_per_step=0)
     with pytest.raises(TypeError, match="model"):
         DIS("not a model")
     with pytest.raises(TypeError, match="fit_result"):

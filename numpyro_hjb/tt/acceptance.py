@@ -140,7 +140,7 @@ def run_multimodal(name: str, num: int = 4096, **cfg) -> dict:
         "propose_s": prop_s,
         "num": num,
         **{k: info[k] for k in ("formulation", "num_steps", "max_rank_used", "max_degree_used",
-                                "final_ranks", "num_target_evals", "cross_holdout_error")},
+                                "final_ranks", "num_target_evals", "cross_holdout_error", "t_switch")},
     }
 
 
@@ -149,9 +149,13 @@ RUNS = {
     "gauss5w": lambda: run_gauss(5, True),
     "gauss20w": lambda: run_gauss(20, True),
     "gauss5": lambda: run_gauss(5, False),
-    "manywell5": lambda: run_multimodal("manywell5", formulation="cole_hopf", sampler="sde"),
-    "manywell20": lambda: run_multimodal("manywell20", formulation="cole_hopf", sampler="sde"),
-    "gmm9": lambda: run_multimodal("gmm9", formulation="cole_hopf", sampler="sde", scale=2.0),
+    "manywell5": lambda: run_multimodal(
+        "manywell5", formulation="cole_hopf", sampler="tweedie", ch_degree=96, scale=0.8
+    ),
+    "manywell20": lambda: run_multimodal(
+        "manywell20", formulation="cole_hopf", sampler="tweedie", ch_degree=96, scale=0.8
+    ),
+    "gmm9": lambda: run_multimodal("gmm9", formulation="cole_hopf", sampler="tweedie", scale=2.0),
 }
 
 

@@ -38,6 +38,8 @@ __all__ = [
     "degrees",
     "value",
     "value_grad_lap",
+    "value_grad_hess_diag",
+    "top_degree_mass",
     "gradient",
     "add",
     "scale",
@@ -154,6 +156,18 @@ def value(cores: Sequence, x) -> jax.Array:
     return left[:, 0]
 
 
+def _interface_stacks(a0: list, n: int, dtype) -> tuple[list, list]:
+    """Left and right interface products of the evaluated cores A_k (n, r_{k-1}, r_k):
+    lefts[k] = A_1 ... A_k (lefts[0] = 1), rights[k] = A_{k+1} ... A_d (rights[d] = 1)."""
+    lefts = [jnp.ones((n, 1), dtype)]
+    for a in a0:
+        lefts.append(jnp.einsum("ba,bac->bc", lefts[-1], a))
+    rights = [jnp.ones((n, 1), dtype)]
+    for a in reversed(a0):
+        rights.append(jnp.einsum("bac,bc->ba", a, rights[-1]))
+    return lefts, rights[::-1]
+
+
 def value_grad_lap(cores: Sequence, x, laplacian: bool = True):
     """(f(x) (n,), grad f(x) (n, d), Laplacian f(x) (n,)) through left/right interface stacks.
 
@@ -169,13 +183,7 @@ def value_grad_lap(cores: Sequence, x, laplacian: bool = True):
     phi1 = _basis_all(x, pmax, 1)
     a0 = [_mode_matrices(c, phi0[:, k]) for k, c in enumerate(cores)]
     a1 = [_mode_matrices(c, phi1[:, k]) for k, c in enumerate(cores)]
-    lefts = [jnp.ones((n, 1), x.dtype)]
-    for k in range(d):
-        lefts.append(jnp.einsum("ba,bac->bc", lefts[-1], a0[k]))
-    rights = [jnp.ones((n, 1), x.dtype)]
-    for k in reversed(range(d)):
-        rights.append(jnp.einsum("bac,bc->ba", a0[k], rights[-1]))
-    rights = rights[::-1]  # rights[k] = A_k ... A_d (rights[d] = 1)
+    lefts, rights = _interface_stacks(a0, n, x.dtype)
     val = lefts[d][:, 0]
     grads = []
     lap = jnp.zeros((n,), x.dtype)
@@ -186,6 +194,28 @@ def value_grad_lap(cores: Sequence, x, laplacian: bool = True):
             a2 = _mode_matrices(cores[k], phi2[:, k])
             lap = lap + jnp.einsum("ba,bac,bc->b", lefts[k], a2, rights[k + 1])
     return val, jnp.stack(grads, axis=-1), lap
+
+
+def value_grad_hess_diag(cores: Sequence, x):
+    """(f(x) (n,), grad f(x) (n, d), diag of the Hessian d^2 f / d x_mu^2 (n, d)).
+
+    Same interface stacks as :func:`value_grad_lap`: d_mu^2 f = L_{mu-1} A''_mu R_{mu+1}
+    (the Laplacian is the sum of the last output over mu).
+    """
+    x = jnp.asarray(x)
+    n, d = x.shape
+    cores = [jnp.asarray(c) for c in cores]
+    pmax = max(c.shape[1] for c in cores) - 1
+    phis = [_basis_all(x, pmax, m) for m in (0, 1, 2)]
+    a0 = [_mode_matrices(c, phis[0][:, k]) for k, c in enumerate(cores)]
+    lefts, rights = _interface_stacks(a0, n, x.dtype)
+    grads, diag2 = [], []
+    for k in range(d):
+        a1 = _mode_matrices(cores[k], phis[1][:, k])
+        a2 = _mode_matrices(cores[k], phis[2][:, k])
+        grads.append(jnp.einsum("ba,bac,bc->b", lefts[k], a1, rights[k + 1]))
+        diag2.append(jnp.einsum("ba,bac,bc->b", lefts[k], a2, rights[k + 1]))
+    return lefts[d][:, 0], jnp.stack(grads, axis=-1), jnp.stack(diag2, axis=-1)
 
 
 def gradient(cores: Sequence, x) -> jax.Array:
@@ -441,6 +471,29 @@ def round_tt(
     out = TT(tuple(cores))
     if return_info:
         return out, {"norm": nrm, "top_degree_mass": top, "truncation": math.sqrt(cut_sq)}
+    return out
+
+
+def top_degree_mass(tt: TT, width: int = 2) -> np.ndarray:
+    """(d,) relative norms ||Q_k f|| / ||f||, Q_k the L2(gamma) projection onto degrees
+    > p_k - width in x_k (the top ``width`` Hermite slices of mode k): a computable
+    indicator of the degree-truncation error. width = 2 sees both parities (the top
+    coefficient alone vanishes for functions of the other parity).
+
+    Read off the orthogonality centre: with cores 1..k-1 left- and k+1..d right-orthogonal,
+    ||Q_k f|| = ||G_k[:, p_k - width + 1 :, :]||_F.
+    """
+    cores = _np_cores(orthogonalize_right(tt))
+    d = len(cores)
+    nrm = max(float(np.linalg.norm(cores[0])), 1e-300)
+    out = np.zeros(d)
+    for k in range(d):
+        out[k] = float(np.linalg.norm(cores[k][:, -width:, :])) / nrm
+        if k < d - 1:
+            r0, n, r1 = cores[k].shape
+            q, r = np.linalg.qr(cores[k].reshape(r0 * n, r1))
+            cores[k] = q.reshape(r0, n, -1)
+            cores[k + 1] = np.einsum("ab,bic->aic", r, cores[k + 1])
     return out
 
 

@@ -222,12 +222,23 @@ def cross_potential(
     holdout_tol: float = 1e-8,
     seed: int = 0,
     num_nodes: int | None = None,
+    noise_rel: float = 0.0,
 ) -> CrossResult:
     """FTT of f (e.g. W_0 = U - |x|^2/2) on the degree-``degree`` Gauss-Hermite grid, with a
     rank cap that doubles (up to ``max_rank``) while the rounded result saturates it and the
     hold-out relative error exceeds ``holdout_tol``. ``num_nodes`` (default degree + 1, i.e.
     interpolation) > degree + 1 gives the discrete L2(gamma) projection on a finer grid,
-    which avoids interpolation blow-up between nodes for non-polynomial f."""
+    which avoids interpolation blow-up between nodes for non-polynomial f.
+
+    ``noise_rel`` > 0 ties the rounding tolerance to the measured degree-truncation error:
+    with eps_p = max_k ||degrees p_k - 1, p_k of f in x_k|| / ||f|| (the top Hermite
+    coefficient mass, :func:`core.top_degree_mass`), the TT is rounded with
+
+        tol = max(round_tol, noise_rel * eps_p),
+
+    so singular values far below the error the degree already makes (cross / round-off
+    noise, e.g. spurious rank > 1 for a product f) are dropped; the added L2(gamma) error is
+    <= noise_rel * eps_p ||f||. Rank saturation is judged after this rounding."""
     from .basis import gauss_hermite
 
     rng = np.random.default_rng(seed)
@@ -241,6 +252,11 @@ def cross_potential(
         cores, ev, sweeps = tt_cross(fun, grids, r, rng, num_sweeps=num_sweeps, weights=wts)
         total += ev
         tt = C.round_tt(nodal_to_hermite(cores, degs), round_tol)
+        if noise_rel > 0:
+            eps_p = float(np.max(C.top_degree_mass(tt)))
+            tol = max(round_tol, noise_rel * eps_p)
+            if tol > round_tol:
+                tt = C.round_tt(tt, tol)
         err = holdout_error(tt, fun, rng)
         saturated = max(C.ranks(tt)) >= r
         if err <= holdout_tol or not saturated or r >= max_rank:

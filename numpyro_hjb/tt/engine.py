@@ -27,6 +27,13 @@ Sampling (:func:`propose`), with the TT score  grad log p_t = -y - grad W_t:
 * ``sampler="sde"``: the reverse SDE by ``diffusion.simulate_paths`` with the "ei" scheme
   and control u(y, t) = score + y = -grad W_t(y); log w are the exact path weights of
   ``diffusion.path_log_weights`` (E[w] = Z for any score).
+* ``sampler="tweedie"``: reverse transitions N(mean, diag Cov) with the first two moments of
+  the exact reverse kernel N(x'; a y, v) h_{t'}(x') / h_t(y) (Tweedie's formulas, see
+  :func:`_tweedie_paths`; exact for product Gaussians) and exact path weights. On the
+  Cole-Hopf route the TT is used down to t_s, where its error estimate eps_p e^{-t_s p}
+  reaches ``jump_tol``; the last step t_s -> 0 is a Laplace proposal of the exact kernel
+  built from the target itself (:func:`_final_jump`), so no score is read where the Hermite
+  truncation of h_0 is unreliable (low-density regions at t ~ 0).
 * ``sampler="ode"``: the probability-flow ODE. Forward: dx/dt = -x - score_t(x) = grad W_t(x);
   reversed (s = T - t): dY/ds = -grad W_{T-s}(Y), Y_0 ~ N(0, I). Each grid interval is one
   Heun step Phi; log q(Y_end) = log N(Y_0; 0, I) - sum_j log|det D Phi_j(Y_j)| with the exact
@@ -67,8 +74,11 @@ DEFAULTS: dict = {
     # stays finite, Cole-Hopf otherwise (see the module docstring).
     "formulation": "auto",
     "ch_degree": 64,  # Hermite degree per mode of h_0 = e^{-(W_0 - c)} (Cole-Hopf route)
-    "ch_eps": 1e-10,
-    "ch_nodes": 2.0,  # Gauss-Hermite nodes per mode for h_0 = ch_nodes * (ch_degree + 1)  # grad W = -grad h h / (h^2 + eps^2 E[h]^2): guard where h ~ 0
+    "ch_eps": 1e-10,  # grad W = -grad h h / (h^2 + eps^2 E[h]^2): guard where h ~ 0
+    # rounding of h_0 at ch_noise_rel x (its top-degree coefficient mass), the truncation
+    # error the degree already makes (drops cross noise; 0 = round at round_tol only)
+    "ch_noise_rel": 1e-2,
+    "ch_nodes": 2.0,  # Gauss-Hermite nodes per mode for h_0 = ch_nodes * (ch_degree + 1)
     # discretisation
     "degree": 2,  # degree of the exactness check: W_0 of this degree (Gaussian) -> exact HJB
     "max_degree": 32,  # degree adaptivity cap
@@ -94,7 +104,13 @@ DEFAULTS: dict = {
     "cutoff": 4.0,
     "cutoff_degree": 24,  # degree of W_0 for the cutoff stage (non-polynomial W_0)  # R of the far-field cutoff chi_R |grad W|^2 (stage 2 of "auto"; 0 = off)
     # sampling
-    "sampler": "ode",  # "ode" (probability flow, exact Jacobians) or "sde" (path weights)
+    "sampler": "ode",  # "ode" (probability flow, exact Jacobians), "sde" (EI scheme, path
+    # weights) or "tweedie" (moment-matched transitions, path weights; see _tweedie_paths)
+    # tweedie on the Cole-Hopf route: the TT is trusted for t >= t_s with
+    # eps_p e^{-t_s p} = jump_tol (eps_p: top-degree mass of h_0, p: its degree); the last
+    # step t_s -> 0 uses the exact target (see _final_jump). 0 = no final jump.
+    "jump_tol": 1e-3,
+    "jump_newton": 6,  # Newton iterations of the final jump's Laplace proposal
     "num_sampling_steps": 100,
     "horizon": 8.0,  # T of the sampler (snapshots are stored on its grid)
     "grid_power": 2.0,  # grid t_k = T (k/K)^power: refined near t = 0
@@ -166,8 +182,8 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
 
         warnings.warn("engine 'tt' has no warm start; init_state is ignored")
     cfg = {**DEFAULTS, **config}
-    if cfg["sampler"] not in ("ode", "sde"):
-        raise ValueError(f"sampler must be 'ode' or 'sde', got {cfg['sampler']!r}")
+    if cfg["sampler"] not in ("ode", "sde", "tweedie"):
+        raise ValueError(f"sampler must be 'ode', 'sde' or 'tweedie', got {cfg['sampler']!r}")
     if cfg["formulation"] not in ("auto", "hjb", "cole_hopf"):
         raise ValueError(
             f"formulation must be 'auto', 'hjb' or 'cole_hopf', got {cfg['formulation']!r}"
@@ -198,6 +214,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
         grid = np.asarray(time_grid(float(cfg["horizon"]), k_steps, float(cfg["grid_power"])))
         snap_times = np.sort(grid)
         num_evals = 0
+        final_jump, t_switch = 0.0, 0.0
         formulation = cfg["formulation"]
         hjb_failure = ""
         res = cross = None
@@ -246,6 +263,16 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
                 warnings.warn(f"TT-HJB: using the Cole-Hopf formulation ({hjb_failure})")
             ch = _cole_hopf(w0_fun, d, cfg, seed)
             num_evals += ch["num_evals"]
+            if cfg["sampler"] == "tweedie" and float(cfg["jump_tol"]) > 0:
+                eps_p = float(np.max(C.top_degree_mass(ch["h0"])))
+                p_h = max(int(max(C.degrees(ch["h0"]))), 1)
+                t_switch = min(
+                    max(math.log(eps_p / float(cfg["jump_tol"])), 0.0) / p_h,
+                    0.25 * float(cfg["horizon"]),
+                )
+                if t_switch > 0:
+                    snap_times = _jump_grid(cfg, t_switch)
+                    final_jump = 1.0
             snapshots = [C.apply_ou_semigroup(ch["h0"], float(t)) for t in snap_times]
             final = ch["h0"]
             log_z, resid = ch["log_z"], 0.0
@@ -260,6 +287,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
         "scale": np.asarray(scale, dtype=np.float64),
         "cole_hopf": np.asarray(cole_hopf),
         "h_eps": np.asarray(h_eps),
+        "final_jump": np.asarray(final_jump),
     }
     hist_or = history if history else {}
     info = {
@@ -280,8 +308,18 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
         "num_steps": int(res.num_steps) if res is not None else 0,
         "num_rejected": int(res.num_rejected) if res is not None else 0,
         "final_time": float(res.final_time) if res is not None else float(snap_times[-1]),
+        "t_switch": float(t_switch),
     }
     return state, history, info
+
+
+def _jump_grid(cfg: dict, t_switch: float) -> np.ndarray:
+    """Ascending times 0, t_s + (T - t_s) (k / (K - 1))^power, k = 0..K-1 (K sampler steps:
+    K - 1 on [t_s, T] on the power grid, then the jump t_s -> 0)."""
+    k_steps = int(cfg["num_sampling_steps"])
+    horizon = float(cfg["horizon"])
+    u = np.linspace(0.0, 1.0, max(k_steps, 2))
+    return np.concatenate([[0.0], t_switch + (horizon - t_switch) * u ** float(cfg["grid_power"])])
 
 
 def _run_hjb(
@@ -330,7 +368,8 @@ def _cole_hopf(w0_fun, d: int, cfg: dict, seed: int) -> dict:
         return np.exp(-np.clip(w0_fun(pts) - c, -700.0, 700.0))
 
     cr = _cross_from_config(
-        h_fun, d, p, cfg, seed, num_nodes=int(math.ceil(float(cfg["ch_nodes"]) * (p + 1)))
+        h_fun, d, p, cfg, seed, num_nodes=int(math.ceil(float(cfg["ch_nodes"]) * (p + 1))),
+        noise_rel=float(cfg["ch_noise_rel"]),
     )
     mean_h = C.constant_coefficient(cr.tt)
     if not mean_h > 0:
@@ -372,14 +411,21 @@ def _grad_w(cores, y, cole_hopf: bool, h_eps):
 
 @partial(
     jax.jit,
-    static_argnames=("num", "sampler", "horizon", "k_steps", "power", "log_density", "cole_hopf"),
+    static_argnames=(
+        "num", "sampler", "horizon", "k_steps", "power", "log_density", "cole_hopf",
+        "final_jump", "newton",
+    ),
 )
 def _propose_chunk(
     cores, times, scale, h_eps, key, *, num, sampler, horizon, k_steps, power, log_density,
-    cole_hopf,
+    cole_hopf, final_jump=False, newton=6,
 ):
     d = scale.shape[0]
     grad_w = partial(_grad_w, cole_hopf=cole_hopf, h_eps=h_eps)
+    if sampler == "tweedie":
+        return _tweedie_paths(
+            cores, times, scale, h_eps, key, num, log_density, cole_hopf, final_jump, newton
+        )
     if sampler == "sde":
         scheme = ou_scheme(horizon, k_steps, "ei", power)
 
@@ -418,6 +464,128 @@ def _propose_chunk(
     return scale * y_end, log_rho - log_q
 
 
+def _log_h_derivatives(cores, y, cole_hopf: bool, h_eps):
+    """(g, H) = (grad log h_t(y), diag of grad^2 log h_t(y)), both (n, d), with h_t = e^{-W_t}.
+
+    Cole-Hopf TT of h: g = grad h h / (h^2 + eps^2), H = d^2 h h / (h^2 + eps^2) - g^2
+    (the guard eps of :func:`_grad_w`); W-TT: g = -grad W, H = -diag grad^2 W.
+    """
+    val, grad, diag2 = C.value_grad_hess_diag(cores, y)
+    if not cole_hopf:
+        return -grad, -diag2
+    inv = (val / (val**2 + h_eps**2))[:, None]
+    g = grad * inv
+    return g, diag2 * inv - g**2
+
+
+def _final_jump(key, y, t_s, log_density, newton: int):
+    """The exact-target last step t_s -> 0 (a = e^{-t_s}, v = 1 - a^2) of the reverse process.
+
+    Its exact kernel is  p(x | y) prop. to N(x; a y, v) h_0(x),  h_0 = rho~ / gamma, known
+    pointwise from the target (no TT). Proposal: the Laplace approximation N(mu, diag 1/P) of
+    phi(x) = -|x - a y|^2 / (2 v) + log rho~(x) + |x|^2 / 2, by ``newton`` diagonal Newton
+    steps x <- x + grad phi / P from x = y (P = 1/v - 1 - diag grad^2 log rho~, floored at
+    1/(2 v); steps clipped to 3 sqrt(v)), mu the last iterate. Returns (x, log-weight
+    increment log N(x; a y, v) - log q(x | y)), exact for any mu, P.
+    """
+    d = y.shape[-1]
+    a = jnp.exp(-t_s)
+    v = -jnp.expm1(-2.0 * t_s)
+    grad_lr = jax.grad(log_density)
+
+    def grad_diag(z):  # grad log rho~ and diag of its Hessian, one point (d,)
+        eye = jnp.eye(d, dtype=z.dtype)
+        hd = jax.vmap(lambda e: jnp.vdot(jax.jvp(grad_lr, (z,), (e,))[1], e))(eye)
+        return grad_lr(z), hd
+
+    def moments(z, y1):
+        g, hd = grad_diag(z)
+        gphi = -(z - a * y1) / v + g + z
+        prec = jnp.maximum(1.0 / v - 1.0 - hd, 0.5 / v)
+        return gphi, prec
+
+    def one(y1):
+        z = y1
+        for _ in range(newton):
+            gphi, prec = moments(z, y1)
+            step = jnp.clip(gphi / prec, -3.0 * jnp.sqrt(v), 3.0 * jnp.sqrt(v))
+            z_new = z + step
+            z = jnp.where(jnp.all(jnp.isfinite(z_new)), z_new, z)
+        _, prec = moments(z, y1)
+        return z, prec
+
+    mu, prec = jax.vmap(one)(y)
+    ok = jnp.all(jnp.isfinite(mu) & jnp.isfinite(prec), axis=-1, keepdims=True)
+    mu = jnp.where(ok, mu, a * y)
+    var = jnp.where(ok, 1.0 / prec, v)
+    x = mu + jnp.sqrt(var) * jax.random.normal(key, y.shape, y.dtype)
+
+    def logpdf(x_, m, vv):
+        return -0.5 * jnp.sum((x_ - m) ** 2 / vv + jnp.log(2 * jnp.pi * vv), axis=-1)
+
+    return x, logpdf(x, a * y, v) - logpdf(x, mu, var)
+
+
+def _tweedie_paths(
+    cores, times, scale, h_eps, key, num, log_density, cole_hopf, final_jump=False, newton=6
+):
+    """Reverse-time sampler with moment-matched Gaussian transitions and exact path weights.
+
+    Forward OU over [t', t] (h = t - t', a = e^{-h}, v = 1 - a^2): the exact reverse kernel is
+    the Doob transform  p(x' | y) = N(x'; a y, v) h_{t'}(x') / h_t(y)  (as e^{hL} h_{t'} = h_t),
+    whose first two moments follow from Tweedie's formulas with
+    E_{N(ay, v)}[grad h_{t'}] = e^{h} grad h_t(y):
+
+        mean = a y + (v / a) grad log h_t(y),   Cov = v I + (v / a)^2 grad^2 log h_t(y).
+
+    The proposal uses N(mean, diag Cov) (diagonal floored at 1e-3 v; reference kernel where
+    the TT gives non-finite moments); exact for Gaussian product targets, second order in
+    general. Path weight (y_0 ~ N(0, I), the OU reference is stationary):
+
+        log w = log rho(y_K) - log N(y_K; 0, I)
+                + sum_k [log N(y_{k+1}; a_k y_k, v_k) - log N(y_{k+1}; mean_k, Cov_k)],
+
+    exact for the proposal actually used (E[w] = Z for any moments). With ``final_jump``
+    the last interval [0, times[1]] is done by :func:`_final_jump` (exact target) instead.
+    """
+    d = scale.shape[0]
+    key, k_jump = jax.random.split(key)
+    k0, k1 = jax.random.split(key)
+    y0 = jax.random.normal(k0, (num, d), jnp.float64)
+    k_steps = times.shape[0] - 1
+    noise = jax.random.normal(k1, (k_steps, num, d), jnp.float64)
+    last = 1 if final_jump else 0
+    idx = jnp.arange(k_steps, last, -1)  # snapshot index of t_k (descending times)
+
+    def logpdf(x, m, var):
+        return -0.5 * jnp.sum((x - m) ** 2 / var + jnp.log(2 * jnp.pi * var), axis=-1)
+
+    def step(carry, inp):
+        y, acc = carry
+        j, eps = inp
+        h = times[j] - times[j - 1]
+        a = jnp.exp(-h)
+        v = -jnp.expm1(-2.0 * h)
+        g, hd = _log_h_derivatives([c[j] for c in cores], y, cole_hopf, h_eps)
+        mean = a * y + (v / a) * g
+        var = jnp.maximum(v + (v / a) ** 2 * hd, 1e-3 * v)
+        ok = jnp.all(jnp.isfinite(mean) & jnp.isfinite(var), axis=-1, keepdims=True)
+        mean = jnp.where(ok, mean, a * y)
+        var = jnp.where(ok, var, v)
+        y_next = mean + jnp.sqrt(var) * eps
+        acc = acc + logpdf(y_next, a * y, v) - logpdf(y_next, mean, var)
+        return (y_next, acc), None
+
+    (y_end, acc), _ = jax.lax.scan(
+        step, (y0, jnp.zeros(num, jnp.float64)), (idx, noise[: k_steps - last])
+    )
+    if final_jump:
+        y_end, inc = _final_jump(k_jump, y_end, times[1], log_density, newton)
+        acc = acc + inc
+    log_ref_end = -0.5 * jnp.sum(y_end**2, axis=-1) - 0.5 * d * math.log(2 * math.pi)
+    return scale * y_end, jax.vmap(log_density)(y_end) - log_ref_end + acc
+
+
 def propose(target, config: dict, state: dict, rng_key, num: int):
     """``num`` proposals x (num, d) in the target's coordinates and log w = log rho(x) - log q(x)
     for the proposal actually used (SDE: path weights; ODE: exact discrete-map Jacobians)."""
@@ -437,6 +605,8 @@ def propose(target, config: dict, state: dict, rng_key, num: int):
             x, lw = _propose_chunk(
                 cores, times, scale, h_eps, keys[i], num=n_i, sampler=cfg["sampler"],
                 cole_hopf=cole_hopf,
+                final_jump=bool(np.asarray(state.get("final_jump", 0.0)) > 0),
+                newton=int(cfg["jump_newton"]),
                 horizon=float(cfg["horizon"]), k_steps=int(cfg["num_sampling_steps"]),
                 power=float(cfg["grid_power"]), log_density=log_density,
             )

@@ -1,0 +1,129 @@
+"""Engine 2: the moment-matched ("tweedie") sampler, its exact-target final jump, the Hessian
+diagonal of a TT, the top-degree mass indicator and the noise-tied rounding of the cross."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from numpyro_hjb.evidence import estimate_evidence
+from numpyro_hjb.target import Target
+from numpyro_hjb.tt import core as C
+from numpyro_hjb.tt.basis import gauss_hermite
+from numpyro_hjb.tt import engine
+from numpyro_hjb.tt.cross import cross_potential
+
+
+def _random_tt(d=3, r=2, p=4, seed=0):
+    rng = np.random.default_rng(seed)
+    ranks = [1] + [r] * (d - 1) + [1]
+    return C.from_cores([rng.normal(size=(ranks[k], p + 1, ranks[k + 1])) for k in range(d)])
+
+
+def test_value_grad_hess_diag_matches_autodiff():
+    tt = _random_tt()
+    x = np.random.default_rng(1).normal(size=(7, 3))
+    with jax.enable_x64(True):
+        cores = [jnp.asarray(c) for c in tt.cores]
+        val, grad, diag2 = C.value_grad_hess_diag(cores, jnp.asarray(x))
+        f = lambda z: C.value(cores, z[None])[0]  # noqa: E731
+        hess = jax.vmap(jax.hessian(f))(jnp.asarray(x))
+        np.testing.assert_allclose(val, C.value(cores, jnp.asarray(x)), rtol=1e-12)
+        np.testing.assert_allclose(grad, jax.vmap(jax.grad(f))(jnp.asarray(x)), rtol=1e-10)
+        np.testing.assert_allclose(diag2, jnp.diagonal(hess, axis1=1, axis2=2), rtol=1e-10)
+
+
+def test_top_degree_mass_of_a_product():
+    """f = g(x1) g(x2), g = sum_n c_n h_n: mass of degrees {p-1, p} in x1 is
+    ||c[p-1:]|| / ||c|| (orthonormal basis)."""
+    c = np.array([1.0, 0.5, 0.25, 0.1, 0.05])
+    tt = C.from_cores([c[None, :, None], 2.0 * c[None, :, None]])
+    expect = np.linalg.norm(c[-2:]) / np.linalg.norm(c)
+    np.testing.assert_allclose(C.top_degree_mass(tt), [expect, expect], rtol=1e-12)
+    np.testing.assert_allclose(C.top_degree_mass(tt, width=1), [0.05 / np.linalg.norm(c)] * 2)
+
+
+def test_cross_noise_rounding_keeps_a_product_at_rank_one():
+    """A product (rank 1) of bumps that the degree resolves only to ~1e-3: the rounding
+    tied to the top-degree mass removes every spurious rank."""
+    d = 5
+
+    def f(pts):
+        return np.exp(-np.sum((pts**2 - 2.0) ** 2, axis=-1) + 0.5 * np.sum(pts**2, axis=-1))
+
+    cr = cross_potential(f, d, 24, rank=4, num_nodes=50, noise_rel=1e-2, seed=3)
+    assert max(C.ranks(cr.tt)) == 1
+    # the constant coefficient is the d-th power of the same 1-D Gauss-Hermite sum
+    x, w = gauss_hermite(50)
+    one = float(np.sum(w * f(x[:, None])))
+    assert C.constant_coefficient(cr.tt) == pytest.approx(one**d, rel=1e-8)
+
+
+def _diag_gauss(d=3, log_z=0.3):
+    m = np.linspace(-1.0, 1.5, d)
+    s2 = np.geomspace(0.3, 2.0, d)
+
+    def log_density(x):
+        return (
+            -0.5 * jnp.sum((x - m) ** 2 / s2)
+            - 0.5 * np.sum(np.log(2 * np.pi * s2))
+            + log_z
+        )
+
+    return Target.from_log_density(log_density, d), m, s2, log_z
+
+
+def test_tweedie_sampler_is_exact_for_a_diagonal_gaussian():
+    """For a product Gaussian the reverse kernels are Gaussian with the Tweedie moments, so
+    every path weight equals Z up to the HJB time stepping and log h_T(y_0) = O(e^{-T})
+    (the sampler starts from gamma, not p_T)."""
+    target, _, _, log_z = _diag_gauss()
+    cfg = {**engine.DEFAULTS, "sampler": "tweedie", "num_sampling_steps": 10, "horizon": 14.0}
+    with jax.enable_x64(True):
+        state, _, info = engine.fit(target, jax.random.PRNGKey(0), cfg, False)
+        assert info["formulation"] == "hjb"
+        _, lw = engine.propose(target, cfg, state, jax.random.PRNGKey(1), 400)
+    lw = np.asarray(lw)
+    assert np.std(lw) < 1e-4
+    assert np.mean(lw) == pytest.approx(log_z, abs=1e-4)
+
+
+def test_final_jump_is_exact_for_a_gaussian_target():
+    """p(x | y) prop. to N(x; a y, v) rho(x) / gamma(x) is Gaussian for Gaussian rho: the
+    Laplace proposal is that kernel, so increment + log rho - log gamma is constant in x."""
+    target, _, _, _ = _diag_gauss(d=2)
+    y = jnp.tile(jnp.asarray([[0.7, -0.4]]), (300, 1))
+    with jax.enable_x64(True):
+        x, inc = engine._final_jump(
+            jax.random.PRNGKey(0), y.astype(jnp.float64), jnp.asarray(0.05), target.log_density, 6
+        )
+        tot = np.asarray(inc + jax.vmap(target.log_density)(x) + 0.5 * jnp.sum(x**2, axis=-1))
+        x = np.asarray(x)
+    assert np.std(tot) < 1e-9
+    assert np.std(x[:, 0]) > 0.05  # it does sample
+
+
+def test_cole_hopf_tweedie_bimodal_product():
+    """1-D double well -(x^2 - 2)^2 on the Cole-Hopf route with the final exact jump."""
+
+    def log_density(x):
+        return -jnp.sum((x**2 - 2.0) ** 2)
+
+    ys = np.linspace(-6, 6, 200001)
+    log_z = math.log(np.trapezoid(np.exp(-((ys**2 - 2.0) ** 2)), ys))
+    target = Target.from_log_density(log_density, 1)
+    cfg = {
+        **engine.DEFAULTS, "formulation": "cole_hopf", "sampler": "tweedie",
+        "ch_degree": 48, "num_sampling_steps": 40,
+    }
+    with jax.enable_x64(True):
+        state, _, info = engine.fit(target, jax.random.PRNGKey(0), cfg, False)
+        assert info["t_switch"] > 0 and float(state["final_jump"]) == 1.0
+        assert state["times"][0] == 0.0 and state["times"][1] == pytest.approx(info["t_switch"])
+        _, lw = engine.propose(target, cfg, state, jax.random.PRNGKey(1), 2000)
+    ev = estimate_evidence(lw)
+    assert np.all(np.isfinite(np.asarray(lw)))
+    assert ev.log_z == pytest.approx(log_z, abs=5 * ev.log_z_se + 2e-3)
+    assert ev.ess > 0.9

@@ -127,3 +127,12 @@ def test_cole_hopf_tweedie_bimodal_product():
     assert np.all(np.isfinite(np.asarray(lw)))
     assert ev.log_z == pytest.approx(log_z, abs=5 * ev.log_z_se + 2e-3)
     assert ev.ess > 0.9
+
+
+def test_auto_sampler_follows_the_route():
+    """"auto": the ODE where W is integrated (exact for Gaussians), tweedie on Cole-Hopf."""
+    cfg = {**engine.DEFAULTS}
+    assert cfg["sampler"] == "auto"
+    assert engine._sampler(cfg, cole_hopf=False) == "ode"
+    assert engine._sampler(cfg, cole_hopf=True) == "tweedie"
+    assert engine._sampler({**cfg, "sampler": "sde"}, cole_hopf=True) == "sde"

@@ -27,6 +27,8 @@ Sampling (:func:`propose`), with the TT score  grad log p_t = -y - grad W_t:
 * ``sampler="sde"``: the reverse SDE by ``diffusion.simulate_paths`` with the "ei" scheme
   and control u(y, t) = score + y = -grad W_t(y); log w are the exact path weights of
   ``diffusion.path_log_weights`` (E[w] = Z for any score).
+* ``sampler="auto"`` (default): the probability-flow ODE on the HJB route, "tweedie" on the
+  Cole-Hopf route.
 * ``sampler="tweedie"``: reverse transitions N(mean, diag Cov) with the first two moments of
   the exact reverse kernel N(x'; a y, v) h_{t'}(x') / h_t(y) (Tweedie's formulas, see
   :func:`_tweedie_paths`; exact for product Gaussians) and exact path weights. On the
@@ -57,8 +59,9 @@ import numpy as np
 
 from ..diffusion import ou_scheme, path_log_weights, simulate_paths, time_grid
 from . import core as C
-from .cross import cross_potential
+from .cross import cross_potential, holdout_error
 from .hjb import integrate, log_z_readoff
+from .regression import tt_least_squares
 
 __all__ = ["DEFAULTS", "JIT_PROPOSE", "fit", "propose", "stacked_snapshot", "score_fn"]
 
@@ -91,6 +94,15 @@ DEFAULTS: dict = {
     "cross_max_rank": 32,
     "cross_sweeps": 6,
     "cross_tol": 1e-8,  # hold-out relative error that stops rank doubling
+    # least-squares fallback for W_0 (tt/regression.py): when a W_0 cross has hold-out error
+    # > ls_fallback_tol, also fit W_0 by ALS on ls_num_samples N(0, I) samples with gradients
+    # and keep the fit with the smaller error on the same hold-out points. Interpolating a
+    # non-polynomial W_0 at the degree-2 check already gives errors up to ~1.5 (measured:
+    # 1-D bimodal 1.47, gmm9 0.72); the default only catches a cross that clearly failed.
+    "ls_fallback_tol": 2.0,
+    "ls_num_samples": 2000,
+    "ls_rank": 4,  # rank cap of the least-squares fit
+    "ls_sweeps": 10,  # ALS sweeps
     # time integration
     "integrator": "heun",  # "heun" (Lawson-Heun) or "euler" (Lawson-Euler)
     "step_tol": 1e-5,  # local error tolerance (absolute + relative to ||W - E W||)
@@ -104,8 +116,9 @@ DEFAULTS: dict = {
     "cutoff": 4.0,
     "cutoff_degree": 24,  # degree of W_0 for the cutoff stage (non-polynomial W_0)  # R of the far-field cutoff chi_R |grad W|^2 (stage 2 of "auto"; 0 = off)
     # sampling
-    "sampler": "ode",  # "ode" (probability flow, exact Jacobians), "sde" (EI scheme, path
-    # weights) or "tweedie" (moment-matched transitions, path weights; see _tweedie_paths)
+    "sampler": "auto",  # "ode" (probability flow, exact Jacobians), "sde" (EI scheme, path
+    # weights), "tweedie" (moment-matched transitions, path weights; see _tweedie_paths) or
+    # "auto": the ODE on the HJB route, tweedie on the Cole-Hopf route (_sampler)
     # tweedie on the Cole-Hopf route: the TT is trusted for t >= t_s with
     # eps_p e^{-t_s p} = jump_tol (eps_p: top-degree mass of h_0, p: its degree); the last
     # step t_s -> 0 uses the exact target (see _final_jump). 0 = no final jump.
@@ -164,6 +177,36 @@ def _cross_from_config(fun, d: int, degree: int, cfg: dict, seed: int, **extra):
     )
 
 
+def _w0_fit(fun, grad_fun, d: int, degree: int, cfg: dict, seed: int, **extra):
+    """TT-cross of W_0; if its hold-out error exceeds ``ls_fallback_tol``, also the ALS
+    least-squares fit on fresh N(0, I) samples with gradients (started from the cross), and
+    the better of the two on the same hold-out points. Returns (CrossResult, fit info)."""
+    cross = _cross_from_config(fun, d, degree, cfg, seed, **extra)
+    info = {"w0_fit": "cross", "w0_holdout_cross": cross.holdout_error,
+            "w0_holdout_ls": float("nan")}
+    if not cross.holdout_error > float(cfg["ls_fallback_tol"]):
+        return cross, info
+    rng = np.random.default_rng([seed, 1])
+    x = rng.standard_normal((int(cfg["ls_num_samples"]), d))
+    rank = int(cfg["ls_rank"])
+    ls = tt_least_squares(
+        x, fun(x), degree, rank, grads=grad_fun(x), num_sweeps=int(cfg["ls_sweeps"]), rng=rng,
+        init=C.round_tt(cross.tt, max_rank=rank),
+    )
+    ls = C.round_tt(ls, float(cfg["round_tol"]))
+    err_cross = holdout_error(cross.tt, fun, np.random.default_rng([seed, 2]))
+    err_ls = holdout_error(ls, fun, np.random.default_rng([seed, 2]))
+    info.update(w0_holdout_cross=err_cross, w0_holdout_ls=err_ls)
+    if err_ls < err_cross:
+        info["w0_fit"] = "least_squares"
+        cross = cross._replace(tt=ls, holdout_error=err_ls)
+    else:
+        cross = cross._replace(holdout_error=err_cross)
+    # samples (value and gradient) + the second hold-out evaluation
+    cross = cross._replace(num_evals=cross.num_evals + x.shape[0] + 2 * 2000)
+    return cross, info
+
+
 def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=None):
     """Cross-approximate W_0 (or h_0), evolve it, store W_t (or h_t) on the sampling grid.
 
@@ -175,15 +218,20 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
             (||W - E W||), error (local error estimate); empty on the Cole-Hopf route.
         info: compile_s, train_s, num_target_evals, log_z_readoff, readoff_residual,
             cross_holdout_error, cross_rank, formulation, final_max_rank, final_ranks,
-            final_degree, num_steps, num_rejected, final_time, hjb_failure (message or "").
+            final_degree, num_steps, num_rejected, final_time, hjb_failure (message or "");
+            on the HJB routes also w0_fit ("cross" or "least_squares": which fit of the last
+            W_0 was used, see ``ls_fallback_tol``), w0_holdout_cross, w0_holdout_ls (nan when
+            the least-squares fallback did not run).
     """
     if init_state is not None:
         import warnings
 
         warnings.warn("engine 'tt' has no warm start; init_state is ignored")
     cfg = {**DEFAULTS, **config}
-    if cfg["sampler"] not in ("ode", "sde", "tweedie"):
-        raise ValueError(f"sampler must be 'ode', 'sde' or 'tweedie', got {cfg['sampler']!r}")
+    if cfg["sampler"] not in ("auto", "ode", "sde", "tweedie"):
+        raise ValueError(
+            f"sampler must be 'auto', 'ode', 'sde' or 'tweedie', got {cfg['sampler']!r}"
+        )
     if cfg["formulation"] not in ("auto", "hjb", "cole_hopf"):
         raise ValueError(
             f"formulation must be 'auto', 'hjb' or 'cole_hopf', got {cfg['formulation']!r}"
@@ -204,6 +252,13 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
                 out.append(np.asarray(w0_batch(jnp.asarray(pts[i : i + 65536]))))
             return np.concatenate(out)
 
+        @jax.jit
+        def w0_grad_batch(xi):
+            return jax.vmap(jax.grad(lambda z: -log_density(z) - 0.5 * jnp.sum(z**2)))(xi)
+
+        def w0_grad_fun(pts: np.ndarray) -> np.ndarray:
+            return np.asarray(w0_grad_batch(jnp.asarray(pts)))
+
         t0 = time.perf_counter()
         probe = w0_fun(np.zeros((1, d)))
         if not np.all(np.isfinite(probe)):
@@ -218,8 +273,12 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
         formulation = cfg["formulation"]
         hjb_failure = ""
         res = cross = None
+        w0_info = {}
+
         def run_cross(degree, **extra):
-            return _cross_from_config(w0_fun, d, degree, cfg, seed, **extra)
+            out, w0_info_ = _w0_fit(w0_fun, w0_grad_fun, d, degree, cfg, seed, **extra)
+            w0_info.update(w0_info_)  # the last W_0 fit is reported
+            return out
 
         if formulation in ("auto", "hjb"):
             cross = run_cross(int(cfg["degree"]))
@@ -263,7 +322,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
                 warnings.warn(f"TT-HJB: using the Cole-Hopf formulation ({hjb_failure})")
             ch = _cole_hopf(w0_fun, d, cfg, seed)
             num_evals += ch["num_evals"]
-            if cfg["sampler"] == "tweedie" and float(cfg["jump_tol"]) > 0:
+            if _sampler(cfg, True) == "tweedie" and float(cfg["jump_tol"]) > 0:
                 eps_p = float(np.max(C.top_degree_mass(ch["h0"])))
                 p_h = max(int(max(C.degrees(ch["h0"]))), 1)
                 t_switch = min(
@@ -309,6 +368,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
         "num_rejected": int(res.num_rejected) if res is not None else 0,
         "final_time": float(res.final_time) if res is not None else float(snap_times[-1]),
         "t_switch": float(t_switch),
+        **w0_info,
     }
     return state, history, info
 
@@ -586,6 +646,15 @@ def _tweedie_paths(
     return scale * y_end, jax.vmap(log_density)(y_end) - log_ref_end + acc
 
 
+def _sampler(cfg: dict, cole_hopf: bool) -> str:
+    """The sampler actually used: "auto" is the probability-flow ODE on the HJB route (exact
+    for Gaussians) and the moment-matched sampler on the Cole-Hopf route, where the ODE
+    reads the score where the Hermite truncation of h is unreliable (docs/benchmarks_notes.md)."""
+    if cfg["sampler"] != "auto":
+        return cfg["sampler"]
+    return "tweedie" if cole_hopf else "ode"
+
+
 def propose(target, config: dict, state: dict, rng_key, num: int):
     """``num`` proposals x (num, d) in the target's coordinates and log w = log rho(x) - log q(x)
     for the proposal actually used (SDE: path weights; ODE: exact discrete-map Jacobians)."""
@@ -603,7 +672,7 @@ def propose(target, config: dict, state: dict, rng_key, num: int):
         for i, start in enumerate(range(0, num, bs)):
             n_i = min(bs, num - start)
             x, lw = _propose_chunk(
-                cores, times, scale, h_eps, keys[i], num=n_i, sampler=cfg["sampler"],
+                cores, times, scale, h_eps, keys[i], num=n_i, sampler=_sampler(cfg, cole_hopf),
                 cole_hopf=cole_hopf,
                 final_jump=bool(np.asarray(state.get("final_jump", 0.0)) > 0),
                 newton=int(cfg["jump_newton"]),

@@ -8,21 +8,11 @@ import pytest
 import numpyro_hjb
 from numpyro_hjb.target import Target
 from numpyro_hjb.tt import engine
+from numpyro_hjb.tt.acceptance import gauss_target
 
 
 def _gauss_target(d, log_z=0.4, seed=0):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    s = q @ np.diag(np.geomspace(0.2, 5.0, d)) @ q.T
-    m = 0.5 * rng.normal(size=d)
-    prec = jnp.asarray(np.linalg.inv(s))
-    half = 0.5 * np.linalg.slogdet(2 * np.pi * s)[1]
-    mj = jnp.asarray(m)
-
-    def log_density(x):
-        return -0.5 * (x - mj) @ prec @ (x - mj) - half + log_z
-
-    return Target.from_log_density(log_density, d), m, s, log_z
+    return gauss_target(d, seed, log_z, eigenvalues=(0.2, 5.0), mean_scale=0.5)
 
 
 FAST = dict(num_sampling_steps=20, horizon=5.0, step_tol=1e-5, t_max=20.0)

@@ -22,11 +22,19 @@ from ..target import Target, whiten
 from . import engine
 
 
-def _gauss(d: int, seed: int = 0, log_z: float = 1.3):
+def gauss_target(
+    d: int,
+    seed: int = 0,
+    log_z: float = 1.3,
+    eigenvalues: tuple[float, float] = (0.1, 10.0),
+    mean_scale: float = 1.0,
+):
+    """exp(log_z) N(m, S) as a Target, S = Q diag(geomspace(*eigenvalues)) Q^T with a random
+    rotation Q; returns (target, m, S, log_z)."""
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    s = q @ np.diag(np.geomspace(0.1, 10.0, d)) @ q.T
-    m = rng.normal(size=d)
+    s = q @ np.diag(np.geomspace(*eigenvalues, d)) @ q.T
+    m = mean_scale * rng.normal(size=d)
     prec = jnp.asarray(np.linalg.inv(s))
     half = 0.5 * np.linalg.slogdet(2 * np.pi * s)[1]
     mj = jnp.asarray(m)
@@ -49,7 +57,7 @@ def _fit_and_propose(target, cfg: dict, num: int):
 
 
 def run_gauss(d: int, whitened: bool, num: int = 4096, **cfg) -> dict:
-    target, m, s, log_z = _gauss(d)
+    target, m, s, log_z = gauss_target(d)
     if whitened:
         target = whiten(target, "laplace")
         tril = np.asarray(target.scale_tril)

@@ -208,9 +208,10 @@ def imh_step(
         bad = jnp.any(bads)
         pool = jnp.concatenate([cur[None], log_ws])
         any_finite = jnp.any(jnp.isfinite(pool))
-        probs = jax.nn.softmax(jnp.where(any_finite, pool, 0.0))
-        pick = jnp.where(any_finite, jax.random.categorical(key_acc, jnp.log(probs)), 0)
-        accept_prob = jnp.where(any_finite, 1.0 - probs[0], 0.0).astype(jnp.float32)
+        logits = jnp.where(any_finite, pool, 0.0)
+        pick = jnp.where(any_finite, jax.random.categorical(key_acc, logits), 0)
+        stay = jax.nn.softmax(logits)[0]
+        accept_prob = jnp.where(any_finite, 1.0 - stay, 0.0).astype(jnp.float32)
         accepted = pick > 0
         idx = jnp.maximum(pick - 1, 0)
         x_new, log_w_new = xs[idx], log_ws[idx]

@@ -142,7 +142,8 @@ def _ou_log_density_1d(log_rho, t, x):
     return (mx + np.log(np.sum(np.exp(z - mx), 1, keepdims=True) * dy))[:, 0]
 
 
-def test_double_well_1d_against_quadrature():
+@pytest.mark.parametrize("integrator", ["heun", "dlra"])
+def test_double_well_1d_against_quadrature(integrator):
     """Non-Gaussian 1-D target rho = exp(-(x^2-1)^2): W_t vs quadrature of the OU evolution
     (integrated with the far-field cutoff R = 4; degree 32)."""
 
@@ -152,7 +153,8 @@ def test_double_well_1d_against_quadrature():
     w0 = cross.cross_potential(lambda x: -log_rho(x[:, 0]) - 0.5 * x[:, 0] ** 2, 1, 32).tt
     times = [0.0, 0.2, 1.0, 3.0]
     out = hjb.integrate(
-        w0, times, t_max=6.0, step_tol=1e-6, max_degree=32, init_step=1e-4, cutoff=4.0
+        w0, times, t_max=6.0, step_tol=1e-6, max_degree=32, init_step=1e-4, cutoff=4.0,
+        integrator=integrator,
     )
     x = np.linspace(-2.0, 2.0, 21)
     tol = {0.2: 0.06, 1.0: 0.01, 3.0: 2e-3}

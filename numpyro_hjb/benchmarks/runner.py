@@ -398,14 +398,19 @@ def _fmt(v, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _fmt_small(v: float) -> str:
+    """3 decimals, or 2 significant digits when that would print 0.000 (TT Gaussian rows)."""
+    return f"{v:.1e}" if 0 < abs(v) < 5e-4 else f"{v:.3f}"
+
+
 def format_row(row: dict) -> str:
     """One markdown table row (columns :data:`COLUMNS`)."""
     if row.get("delta_log_z") is None:
         dlz = "–"
     else:
-        dlz = f"{row['delta_log_z']:.3f}"
+        dlz = _fmt_small(row["delta_log_z"])
         if row.get("log_z_se") is not None:
-            dlz += f" ± {row['log_z_se']:.3f}"
+            dlz += f" ± {_fmt_small(row['log_z_se'])}"
     if row.get("num_modes") is not None:
         cov = row["modes_covered"]
         cov = f"{cov:.0f}" if float(cov).is_integer() else f"{cov:.1f}"

@@ -157,6 +157,8 @@ RUNS = {
     "gauss5w": lambda: run_gauss(5, True),
     "gauss20w": lambda: run_gauss(20, True),
     "gauss5": lambda: run_gauss(5, False),
+    "gauss5-dlra": lambda: run_gauss(5, False, integrator="dlra"),
+    "gauss5-dlra-tight": lambda: run_gauss(5, False, integrator="dlra", step_tol=1e-8),
     "manywell5": lambda: run_multimodal(
         "manywell5", formulation="cole_hopf", sampler="tweedie", ch_degree=96, scale=0.8
     ),

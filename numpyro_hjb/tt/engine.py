@@ -5,9 +5,11 @@
 
 Pipeline of :func:`fit`: (1) optional diagonal pre-scaling x = s * xi (rho~(xi) = rho(s xi) prod s,
 same Z); (2) W_0 = U - |xi|^2/2 into FTT form by TT-cross on a Gauss-Hermite grid;
-(3) Lawson-Heun integration of dW/dt = L W - |grad W|^2 with snapshots W_{t_j} at the
-sampling grid times t_j (the grid of ``numpyro_hjb.diffusion.ou_scheme(horizon, K, power)``),
-then on until W is constant (log Z read-off, Cole-Hopf corrected).
+(3) Lawson-Heun integration of dW/dt = L W - |grad W|^2 (or, with ``integrator="dlra"``,
+projector-splitting integration on the fixed-rank manifold, :mod:`numpyro_hjb.tt.dlra`) with
+snapshots W_{t_j} at the sampling grid times t_j (the grid of
+``numpyro_hjb.diffusion.ou_scheme(horizon, K, power)``), then on until W is constant (log Z
+read-off, Cole-Hopf corrected).
 
 Formulations (``formulation``; "auto" tries them in this order):
 
@@ -104,7 +106,10 @@ DEFAULTS: dict = {
     "ls_rank": 4,  # rank cap of the least-squares fit
     "ls_sweeps": 10,  # ALS sweeps
     # time integration
-    "integrator": "heun",  # "heun" (Lawson-Heun) or "euler" (Lawson-Euler)
+    # "heun" (Lawson-Heun), "euler" (Lawson-Euler) or "dlra" (projector splitting on the
+    # fixed-rank manifold, tt/dlra.py; ranks of the rounded W_0, raised to dlra_rank if set)
+    "integrator": "heun",
+    "dlra_rank": None,
     "step_tol": 1e-5,  # local error tolerance (absolute + relative to ||W - E W||)
     "init_step": 1e-4,
     "max_step": 2.0,
@@ -403,6 +408,7 @@ def _run_hjb(
         min_step=float(cfg["min_step"]),
         viscosity=float(cfg["viscosity"]),
         cutoff=float(cutoff),
+        dlra_rank=None if cfg["dlra_rank"] is None else int(cfg["dlra_rank"]),
         progress_bar=progress_bar,
     )
 

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import core as C
+from . import dlra
 
 __all__ = [
     "nonlinear_term",
@@ -143,6 +144,7 @@ def integrate(
     viscosity: float = 0.0,
     collocation: bool = False,
     cutoff: float = 0.0,
+    dlra_rank: int | None = None,
     progress_bar: bool = False,
 ) -> HJBResult:
     """Integrate dW/dt = L W - |grad W|^2 from W_0 = ``w0``.
@@ -151,8 +153,11 @@ def integrate(
     continues until the non-constant part ||W - E W|| < stop_tol or t = t_max.
 
     Args:
-        integrator: "heun" (Lawson-Heun, accepted solution second order) or "euler"
-            (Lawson-Euler solution, same error estimate).
+        integrator: "heun" (Lawson-Heun, accepted solution second order), "euler"
+            (Lawson-Euler solution, same error estimate) or "dlra" (projector-splitting
+            integration on the fixed-rank manifold, :mod:`numpyro_hjb.tt.dlra`: ranks stay
+            those of the rounded W_0, or ``dlra_rank`` where larger; step doubling gives the
+            error estimate; ``round_tol``/``max_rank`` only shape W_0).
         viscosity, collocation: stabilisation options (spectral hyperviscosity in e^{tau L};
             pseudo-spectral product) - both change the discrete equation slightly.
         cutoff: R > 0 integrates dW/dt = L W - sum_mu chi_R(x_mu) (d_mu W)^2 with
@@ -167,12 +172,19 @@ def integrate(
         RuntimeError: non-finite coefficients, a step size below ``min_step`` or more than
             ``max_steps`` steps (with time, ranks and degrees in the message).
     """
-    if integrator not in ("heun", "euler"):
-        raise ValueError(f"integrator must be 'heun' or 'euler', got {integrator!r}")
+    if integrator not in ("heun", "euler", "dlra"):
+        raise ValueError(f"integrator must be 'heun', 'euler' or 'dlra', got {integrator!r}")
+    if integrator == "dlra" and collocation:
+        raise ValueError("collocation is not available with integrator='dlra'")
     snaps_t = np.sort(np.asarray(snapshot_times, dtype=np.float64))
     if snaps_t.size and snaps_t[0] < 0:
         raise ValueError("snapshot times must be >= 0")
+    # the error estimate is O(tau^2) for Lawson (Euler's error), O(tau^3) for DLRA (step
+    # doubling of a second-order step)
+    err_exponent = 1.0 / 3.0 if integrator == "dlra" else 0.5
     w = C.round_tt(w0, round_tol, max_rank)
+    if integrator == "dlra" and dlra_rank is not None:
+        w = dlra.pad_to_ranks(w, int(dlra_rank))
     t = 0.0
     tau = float(init_step)
     snapshots: list = []
@@ -198,11 +210,14 @@ def integrate(
             t_next = snaps_t[j] if not done_snaps else t_max
             tau_eff = min(tau, max_step, t_next - t)
             clipped = tau_eff < tau
-            if n_w is None:
-                n_w = nonlinear_term(w, round_tol, max_rank, collocation, cutoff)
-            w_h, w_e, info = lawson_heun_step(
-                w, tau_eff, round_tol, max_rank, n_w, viscosity, collocation, cutoff
-            )
+            if integrator == "dlra":
+                w_h, w_e, info = dlra.dlra_step_pair(w, tau_eff, viscosity, cutoff)
+            else:
+                if n_w is None:
+                    n_w = nonlinear_term(w, round_tol, max_rank, collocation, cutoff)
+                w_h, w_e, info = lawson_heun_step(
+                    w, tau_eff, round_tol, max_rank, n_w, viscosity, collocation, cutoff
+                )
             if not (C.is_finite(w_h) and C.is_finite(w_e)):
                 raise RuntimeError(
                     f"TT-HJB integration blew up at t={t:.6g} (step {tau_eff:.3g}): non-finite "
@@ -211,9 +226,9 @@ def integrate(
                 )
             err = C.norm(C.sub(w_h, w_e))
             tol = step_tol * (1.0 + nonconst)
-            factor = min(2.0, max(0.2, 0.9 * math.sqrt(tol / max(err, 1e-300))))
+            factor = min(2.0, max(0.2, 0.9 * (tol / max(err, 1e-300)) ** err_exponent))
             if err <= tol:
-                w_new = w_h if integrator == "heun" else w_e
+                w_new = w_e if integrator == "euler" else w_h
                 if integrator == "euler":
                     info = C.round_tt(w_new, 0.0, None, True)[1]
                 t = t + tau_eff

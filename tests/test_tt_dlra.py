@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from test_tt_hjb import _gaussian_problem
 
 from numpyro_hjb.tt import core as C
 from numpyro_hjb.tt import cross, dlra, hjb
-
-from test_tt_hjb import _gaussian_problem
 
 
 def _random_tt(rng, degs, ranks):

@@ -38,7 +38,12 @@ import numpy as np
 from . import core as C
 
 __all__ = [
-    "ksl_sweep", "symmetric_ksl", "dlra_step", "dlra_step_pair", "pad_to_ranks", "hjb_rhs"
+    "dlra_step",
+    "dlra_step_pair",
+    "hjb_rhs",
+    "ksl_sweep",
+    "pad_to_ranks",
+    "symmetric_ksl"
 ]
 
 

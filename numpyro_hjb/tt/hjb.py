@@ -38,12 +38,12 @@ from . import core as C
 from . import dlra
 
 __all__ = [
-    "nonlinear_term",
+    "HJBResult",
+    "integrate",
     "lawson_euler_step",
     "lawson_heun_step",
-    "integrate",
-    "HJBResult",
     "log_z_readoff",
+    "nonlinear_term",
 ]
 
 

@@ -42,17 +42,18 @@ import jax.numpy as jnp
 
 __all__ = [
     "PathScheme",
-    "time_grid",
-    "ou_scheme",
+    "bridge_log_weights",
     "brownian_scheme",
-    "simulate_paths",
-    "simulate_log_weights",
+    "control_from_score",
+    "gaussian_ou_marginal",
+    "ou_scheme",
+    "ou_transition",
+    "path_log_weight_terms",
     "path_log_weights",
     "reference_bridge",
-    "bridge_log_weights",
-    "ou_transition",
-    "gaussian_ou_marginal",
-    "control_from_score",
+    "simulate_log_weights",
+    "simulate_paths",
+    "time_grid",
 ]
 
 Array = jax.Array
@@ -219,15 +220,16 @@ def simulate_log_weights(
     return y_end, log_rho - log_ref_end + acc
 
 
-def path_log_weights(
+def path_log_weight_terms(
     scheme: PathScheme, ys: Array, us: Array, log_density: Callable[[Array], Array]
-) -> tuple[Array, Array]:
-    """log w per path (DESIGN.md s.3) from states ys (K+1, B, d) and controls us (K, B, d).
+) -> tuple[Array, Array, Array]:
+    """The terms of log w (DESIGN.md s.3): per-step log r_k - log f_k (K, B), the terminal
+    term log rho(y_K) - log N(y_K; 0, final_var) (B,), and log rho(y_K) (B,).
 
-    Returns (log_w (B,), log rho(y_K) (B,)).
-    """
+    log w is the terminal term plus the sum of the steps (:func:`path_log_weights`); the
+    split says where along the path a sampler loses weight (benchmarks.weight_budget)."""
     y, y_next = ys[:-1], ys[1:]
-    col = lambda v: v[:, None, None]  # noqa: E731
+    col = lambda v: v[:, None, None]
     mean_ref = col(scheme.ref_scale) * y
     mean_gen = col(scheme.gen_scale) * y + col(scheme.gen_control) * us
     log_r = _gauss_logpdf(y_next, mean_ref, scheme.ref_var[:, None])
@@ -235,7 +237,18 @@ def path_log_weights(
     y_end = ys[-1]
     log_rho = jax.vmap(log_density)(y_end)
     log_ref_end = _gauss_logpdf(y_end, 0.0, jnp.asarray(scheme.final_var, y_end.dtype))
-    return log_rho - log_ref_end + jnp.sum(log_r - log_f, axis=0), log_rho
+    return log_r - log_f, log_rho - log_ref_end, log_rho
+
+
+def path_log_weights(
+    scheme: PathScheme, ys: Array, us: Array, log_density: Callable[[Array], Array]
+) -> tuple[Array, Array]:
+    """log w per path (DESIGN.md s.3) from states ys (K+1, B, d) and controls us (K, B, d).
+
+    Returns (log_w (B,), log rho(y_K) (B,)).
+    """
+    steps, terminal, log_rho = path_log_weight_terms(scheme, ys, us, log_density)
+    return terminal + jnp.sum(steps, axis=0), log_rho
 
 
 def reference_bridge(rng_key: Array, scheme: PathScheme, y_end: Array) -> Array:

@@ -133,3 +133,22 @@ def test_divergence_is_reported_not_returned():
 
     with pytest.raises(TrainingDivergedError, match="diverged"):
         fit(gaussian_target(), engine="dis", learning_rate=float("inf"), progress_bar=False, **TINY)
+
+
+def test_weight_budget_splits_the_log_weight_variance():
+    """Steps in every window once: the windows' var + cov-with-rest and the terminal term's
+    add up to Var(log w) of the same paths."""
+    from numpyro_hjb.benchmarks.weight_budget import weight_budget
+
+    bimodal = Target.from_log_density(
+        lambda x: jnp.logaddexp(-0.5 * jnp.sum((x - 2) ** 2), -0.5 * jnp.sum((x + 2) ** 2)), 2
+    )
+    result = fit(bimodal, engine="dds", progress_bar=False, **{**TINY, "num_iterations": 20})
+    out = weight_budget(result, jax.random.PRNGKey(3), num=512, edges=(0.5, 0.05))
+    assert [w["t"][0] for w in out["windows"]] == [0.5, 0.05, 0.0]
+    assert sum(w["steps"] for w in out["windows"]) == result.config["num_steps"]
+    total = out["terminal"]["var"] + out["terminal"]["cov_with_rest"] + sum(
+        w["var"] + w["cov_with_rest"] for w in out["windows"]
+    )
+    assert out["var_log_w"] > 1e-3
+    assert total == pytest.approx(out["var_log_w"], rel=1e-6)

@@ -47,6 +47,7 @@ __all__ = [
     "hadamard",
     "partial_derivative",
     "grad_norm_sq",
+    "grad_norm_sq_core",
     "pad_degrees",
     "project_degrees",
     "apply_ou_semigroup",
@@ -365,28 +366,31 @@ def grad_norm_sq(
         degs = degrees(tt)
     elif np.isscalar(degs):
         degs = [int(degs)] * d
-    nodes = [p + 1 if collocation else None for p in degs]
-    a = [_hadamard_core(c, c, p, q) for c, p, q in zip(cores, degs, nodes)]
-    b = [
-        _hadamard_core(_derivative_core(c), _derivative_core(c), p, q, cutoff)
-        for c, p, q in zip(cores, degs, nodes)
-    ]
+    return TT(tuple(
+        grad_norm_sq_core(c, k, d, p, collocation, cutoff) for k, (c, p) in enumerate(zip(cores, degs))
+    ))
+
+
+def grad_norm_sq_core(
+    core: np.ndarray, k: int, d: int, p: int, collocation: bool = False, cutoff: float = 0.0
+) -> np.ndarray:
+    """Core k of :func:`grad_norm_sq` (it depends on core k of f only): [B, A] for k = 0,
+    [[A, 0], [B, A]] inside, [A; B] for k = d - 1, B alone for d = 1."""
+    nodes = p + 1 if collocation else None
+    b = _hadamard_core(_derivative_core(core), _derivative_core(core), p, nodes, cutoff)
     if d == 1:
-        return TT((b[0],))
-    out = []
-    for k in range(d):
-        if k == 0:
-            out.append(np.concatenate([b[0], a[0]], axis=2))
-        elif k == d - 1:
-            out.append(np.concatenate([a[k], b[k]], axis=0))
-        else:
-            r0, n, r1 = a[k].shape
-            g = np.zeros((2 * r0, n, 2 * r1))
-            g[:r0, :, :r1] = a[k]
-            g[r0:, :, :r1] = b[k]
-            g[r0:, :, r1:] = a[k]
-            out.append(g)
-    return TT(tuple(out))
+        return b
+    a = _hadamard_core(core, core, p, nodes)
+    if k == 0:
+        return np.concatenate([b, a], axis=2)
+    if k == d - 1:
+        return np.concatenate([a, b], axis=0)
+    r0, n, r1 = a.shape
+    g = np.zeros((2 * r0, n, 2 * r1))
+    g[:r0, :, :r1] = a
+    g[r0:, :, :r1] = b
+    g[r0:, :, r1:] = a
+    return g
 
 
 def apply_ou_semigroup(tt: TT, tau: float, viscosity: float = 0.0, order: int = 4) -> TT:

@@ -14,7 +14,8 @@ trains"). One left-to-right sweep over the cores k = 1..d:
 
 with X_{<k} the left-orthogonal cores 1..k-1, X_{>k} the right-orthogonal cores k+1..d and
 F = -N evaluated at the current Y of each substep; each substep is one Heun step of its local
-ODE (4d - 2 evaluations of N per sweep). A sweep of tau/2 followed by its adjoint (the
+ODE. Core j of N(Y) depends on core j of Y only, so the interfaces of the frames with N are
+cached and a substep rebuilds one or two cores of N (O(1) cores per substep, O(d) per sweep). A sweep of tau/2 followed by its adjoint (the
 right-to-left sweep of tau/2) makes the scheme second order. The frames are orthonormal in
 L2(gamma) because the Hermite basis is orthonormal, so every projection is a contraction of
 coefficient cores. The linear part is integrated exactly around it by Strang splitting,
@@ -37,32 +38,17 @@ import numpy as np
 
 from . import core as C
 
+#: mode-local right-hand side: (core k of Y, k, d) -> core k of F(Y)
+RhsCore = Callable[[np.ndarray, int, int], np.ndarray]
+
 __all__ = [
     "dlra_step",
     "dlra_step_pair",
-    "hjb_rhs",
+    "hjb_rhs_core",
     "ksl_sweep",
     "pad_to_ranks",
     "symmetric_ksl"
 ]
-
-
-def _left_contract(y_cores: Sequence[np.ndarray], f_cores: Sequence[np.ndarray], k: int):
-    """<X_{<k}, F_{<k}>: (r^Y_{k-1}, r^F_{k-1}) contraction of cores 0..k-1 (degrees of Y)."""
-    acc = np.ones((1, 1))
-    for j in range(k):
-        f_j = _fit_degrees(f_cores[j], y_cores[j].shape[1])
-        acc = np.einsum("ab,aic,bid->cd", acc, y_cores[j], f_j)
-    return acc
-
-
-def _right_contract(y_cores: Sequence[np.ndarray], f_cores: Sequence[np.ndarray], k: int):
-    """<X_{>k}, F_{>k}>: (r^Y_k, r^F_k) contraction of cores k+1..d-1."""
-    acc = np.ones((1, 1))
-    for j in range(len(y_cores) - 1, k, -1):
-        f_j = _fit_degrees(f_cores[j], y_cores[j].shape[1])
-        acc = np.einsum("cd,aic,bid->ab", acc, y_cores[j], f_j)
-    return acc
 
 
 def _fit_degrees(f_core: np.ndarray, n: int) -> np.ndarray:
@@ -84,20 +70,26 @@ def _reverse(tt: C.TT) -> C.TT:
     return C.TT(tuple(np.transpose(c, (2, 1, 0)) for c in reversed(C._np_cores(tt))))
 
 
-def ksl_sweep(w: C.TT, tau: float, rhs: Callable[[C.TT], C.TT]) -> C.TT:
-    """One Lie-Trotter projector-splitting step of dY/dt = rhs(Y) on the fixed-rank manifold,
+def ksl_sweep(w: C.TT, tau: float, rhs_core: RhsCore) -> C.TT:
+    """One Lie-Trotter projector-splitting step of dY/dt = F(Y) on the fixed-rank manifold,
     cores left to right (module docstring; each K- and S-substep by one Heun step of its
-    local ODE). Returns a left-orthogonal TT with the ranks and degrees of ``w``."""
+    local ODE). F must be mode-local: core j of F(Y) is ``rhs_core(core j of Y, j, d)``, as
+    for P_p |grad Y|^2. The interfaces of the frames with F are then cached (left: the
+    finished cores; right: the frames still to come), and a substep re-evaluates one or two
+    cores of F only. Returns a left-orthogonal TT with the ranks and degrees of ``w``."""
     cores = list(C._np_cores(C.orthogonalize_right(w)))
     d = len(cores)
+
+    def f_core(core, j):
+        return _fit_degrees(rhs_core(core, j, d), core.shape[1])
+
+    right = [np.ones((1, 1))] * d  # right[k]: frames k+1..d-1 against their F cores
+    for j in range(d - 1, 0, -1):
+        right[j - 1] = np.einsum("cd,aic,bid->ab", right[j], cores[j], f_core(cores[j], j))
+    left = np.ones((1, 1))  # finished cores 0..k-1 against their F cores
     for k in range(d):
-        def g_k(kk, k=k):
-            state = cores[:k] + [kk] + cores[k + 1 :]
-            f = C._np_cores(rhs(C.TT(tuple(state))))
-            return np.einsum(
-                "ab,bic,dc->aid", _left_contract(cores, f, k),
-                _fit_degrees(f[k], kk.shape[1]), _right_contract(cores, f, k),
-            )
+        def g_k(kk, k=k, left=left):
+            return np.einsum("ab,bic,dc->aid", left, f_core(kk, k), right[k])
 
         kk = _heun(cores[k], tau, g_k)
         if k == d - 1:
@@ -106,24 +98,28 @@ def ksl_sweep(w: C.TT, tau: float, rhs: Callable[[C.TT], C.TT]) -> C.TT:
         r0, n, r1 = kk.shape
         q, r = np.linalg.qr(kk.reshape(r0 * n, r1))
         cores[k] = q.reshape(r0, n, r1)
-        frame_next = cores[k + 1]
+        left = np.einsum("ab,aic,bid->cd", left, cores[k], f_core(cores[k], k))
+        frame = cores[k + 1]
 
-        def h_k(s, k=k, frame_next=frame_next):  # backward in time: dS/dt = -P_S F
-            state = cores[: k + 1] + [np.einsum("ab,bic->aic", s, frame_next)] + cores[k + 2 :]
-            f = C._np_cores(rhs(C.TT(tuple(state))))
-            return -(_left_contract(cores, f, k + 1) @ _right_contract(cores, f, k).T)
+        def h_k(s, k=k, left=left, frame=frame):  # backward in time: dS/dt = -P_S F
+            f_next = f_core(np.einsum("ab,bic->aic", s, frame), k + 1)
+            inner = np.einsum("bic,gid,cd->bg", frame, f_next, right[k + 1])
+            return -(left @ inner.T)
 
-        s = _heun(r, tau, h_k)
-        cores[k + 1] = np.einsum("ab,bic->aic", s, frame_next)
+        cores[k + 1] = np.einsum("ab,bic->aic", _heun(r, tau, h_k), frame)
     return C.TT(tuple(cores))
 
 
-def symmetric_ksl(w: C.TT, tau: float, rhs: Callable[[C.TT], C.TT]) -> C.TT:
+def symmetric_ksl(w: C.TT, tau: float, rhs_core: RhsCore) -> C.TT:
     """Second-order projector splitting: a left-to-right sweep of tau/2 followed by its
     adjoint, the right-to-left sweep of tau/2 (the left-to-right sweep of the reversed TT)."""
-    half = ksl_sweep(w, 0.5 * tau, rhs)
-    back = ksl_sweep(_reverse(half), 0.5 * tau, lambda z: _reverse(rhs(_reverse(z))))
-    return _reverse(back)
+    d = w.dim
+    half = ksl_sweep(w, 0.5 * tau, rhs_core)
+
+    def reversed_rhs(core, j, dim):
+        return np.transpose(rhs_core(np.transpose(core, (2, 1, 0)), d - 1 - j, dim), (2, 1, 0))
+
+    return _reverse(ksl_sweep(_reverse(half), 0.5 * tau, reversed_rhs))
 
 
 def _feasible_ranks(degs: Sequence[int]) -> list[int]:
@@ -144,15 +140,16 @@ def pad_to_ranks(w: C.TT, rank: int) -> C.TT:
     return C.TT(C.pad_ranks(w, caps, degs))
 
 
-def hjb_rhs(w: C.TT, cutoff: float = 0.0) -> C.TT:
-    """F(W) = -P_p sum_mu chi_R(x_mu) (d_mu W)^2 at the degrees of W (not rounded)."""
-    return C.scale(C.grad_norm_sq(w, cutoff=cutoff), -1.0)
+def hjb_rhs_core(core: np.ndarray, k: int, d: int, cutoff: float = 0.0) -> np.ndarray:
+    """Core k of F(W) = -P_p sum_mu chi_R(x_mu) (d_mu W)^2 at the degree of core k
+    (:func:`numpyro_hjb.tt.core.grad_norm_sq_core`; depends on core k of W only)."""
+    return -C.grad_norm_sq_core(core, k, d, core.shape[1] - 1, cutoff=cutoff)
 
 
 def dlra_step(w: C.TT, tau: float, viscosity: float = 0.0, cutoff: float = 0.0) -> C.TT:
     """Strang splitting e^{tau L/2} KSL_tau e^{tau L/2} of dW/dt = L W - N(W) on the manifold."""
     half = C.apply_ou_semigroup(w, 0.5 * tau, viscosity)
-    moved = symmetric_ksl(half, tau, lambda y: hjb_rhs(y, cutoff))
+    moved = symmetric_ksl(half, tau, lambda core, k, d: hjb_rhs_core(core, k, d, cutoff))
     return C.apply_ou_semigroup(moved, 0.5 * tau, viscosity)
 
 

@@ -139,6 +139,9 @@ def estimate_evidence(log_w, method: str = "importance sampling") -> EvidenceEst
 
 def resample(rng_key: jax.Array, log_w: jax.Array, num: int | None = None) -> jax.Array:
     """Indices of a multinomial (sampling-importance) resample of size ``num``."""
+    # weights of a float64 engine (TT) may arrive here outside its x64 context: convert to the
+    # default float type explicitly (enough for drawing indices) instead of a silent truncation
+    log_w = jnp.asarray(log_w, dtype=jax.dtypes.canonicalize_dtype(jnp.float64))
     log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
     num = log_w.shape[0] if num is None else num
     return jax.random.categorical(rng_key, log_w, shape=(num,))

@@ -115,6 +115,7 @@ def _run_engine(target, engine, rng_key, num_samples, progress_bar, fit_config) 
         "sample_s": sample_s, "propose_compile_s": propose_compile_s,
         "grad_evals": info.get("num_target_grad_evals"),
         "num_target_evals": info.get("num_target_evals"),
+        "scale_search": info.get("scale_search") or None,  # TT scale="auto"
         "config": {k: v for k, v in result.config.items() if _is_plain(v)},
     }
 
@@ -329,7 +330,8 @@ def run_benchmark(
         "grad_evals": run.get("grad_evals"),
         "config": run.get("config", {}),
         "extra": {k: run[k] for k in ("num_divergences", "num_temperatures", "num_dropped",
-                                       "propose_compile_s", "num_target_evals") if k in run},
+                                       "propose_compile_s", "num_target_evals", "scale_search")
+                  if run.get(k) is not None},
         "device": _device(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

@@ -132,7 +132,15 @@ DEFAULTS: dict = {
     "num_sampling_steps": 100,
     "horizon": 8.0,  # T of the sampler (snapshots are stored on its grid)
     "grid_power": 2.0,  # grid t_k = T (k/K)^power: refined near t = 0
-    "scale": None,  # None, a float or a length-d list: engine works in xi = x / scale
+    "scale": None,  # None, a float, a length-d list or "auto": engine works in xi = x / scale
+    # scale="auto" (Cole-Hopf route): the largest common scale s whose truncation indicator
+    # (L2(gamma) distance between the fits of h_0 at ch_degree and ch_degree // 2, / sqrt(d))
+    # is <= scale_tol, else the s minimising it; searched from s = 1 in steps of scale_step
+    # within [scale_min, scale_max] (_choose_scale)
+    "scale_tol": 0.05,
+    "scale_step": 1.25,
+    "scale_min": 0.3,
+    "scale_max": 4.0,
     "batch_size": 4096,  # proposals per jitted chunk
 }
 
@@ -141,10 +149,80 @@ def _scale_vector(config: dict, dim: int) -> np.ndarray:
     s = config.get("scale")
     if s is None:
         return np.ones(dim)
+    if isinstance(s, str):
+        raise ValueError(f"scale must be None, a number, a length-d list or 'auto', got {s!r}")
     s = np.broadcast_to(np.asarray(s, dtype=np.float64), (dim,)).copy()
     if not np.all(s > 0):
         raise ValueError(f"scale must be positive, got {s}")
     return s
+
+
+def _truncation_indicator(w0_fun, d: int, cfg: dict, seed: int) -> tuple[float, int]:
+    """||h_p / ||h_p|| - h_{p/2} / ||h_{p/2}|| ||_{L2(gamma)} for the Cole-Hopf fits of h_0 at
+    degrees p = ch_degree and p // 2 (exact in coefficient space; inf if a fit fails), and the
+    number of target evaluations it took. It measures how fast the Hermite expansion of h_0
+    converges at this scale; unlike a Monte Carlo hold-out error it is not dominated by rare
+    points in the tails (docs/benchmarks_notes.md)."""
+    p = int(cfg["ch_degree"])
+    fits, evals = [], 0
+    for degree in (p, max(p // 2, 1)):
+        try:
+            ch = _cole_hopf(w0_fun, d, {**cfg, "ch_degree": degree}, seed)
+        except RuntimeError:
+            return math.inf, evals
+        evals += ch["num_evals"]
+        fits.append(C.scale(ch["h0"], 1.0 / C.norm(ch["h0"])))
+    diff = C.norm(C.sub(fits[0], C.pad_degrees(fits[1], C.degrees(fits[0]))))
+    return (diff if math.isfinite(diff) else math.inf), evals
+
+
+def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, int]:
+    """scale="auto": the common scale s of xi = x / s. With e(s) the truncation indicator
+    divided by sqrt(d) (a product of d equal factors has sqrt(d) times the relative error of
+    one), take the largest s with e(s) <= scale_tol: the coarsest scale at which the Hermite
+    expansion of h_0 is accurate, which keeps the target in xi close to the N(0, I) reference
+    of the sampler. From s = 1, steps by factors ``scale_step`` in the direction in which e
+    decreases until e <= scale_tol (else stops where e stops decreasing), then up while
+    e <= scale_tol; within [scale_min, scale_max].
+    Returns (s, {s: e(s)}, target evaluations)."""
+
+    @jax.jit
+    def w0_batch(xi, s):
+        ld = _engine_log_density(target, jnp.full((d,), s))
+        return jax.vmap(lambda z: -ld(z) - 0.5 * jnp.sum(z**2))(xi)
+
+    scores: dict = {}
+    evals = 0
+
+    def score(s: float) -> float:
+        nonlocal evals
+        s = float(s)
+        if s not in scores:
+            fun = lambda pts: np.asarray(w0_batch(jnp.asarray(pts), s))  # noqa: E731
+            value, n = _truncation_indicator(fun, d, cfg, seed)
+            scores[s] = value / math.sqrt(d)
+            evals += n
+        return scores[s]
+
+    step, lo, hi = float(cfg["scale_step"]), float(cfg["scale_min"]), float(cfg["scale_max"])
+    tol = float(cfg["scale_tol"])
+    if not (step > 1 and 0 < lo <= 1 <= hi):
+        raise ValueError("scale='auto' needs scale_step > 1 and scale_min <= 1 <= scale_max")
+    best = 1.0
+    if score(best) > tol:  # toward accuracy: the direction in which e decreases
+        nearby = [t for t in (best / step, best * step) if lo <= t <= hi]
+        factor = min(nearby, key=score) / best if nearby else 1.0
+        while (
+            score(best) > tol and lo <= best * factor <= hi
+            and score(best * factor) < score(best)
+        ):
+            best *= factor
+    if score(best) <= tol:  # then as coarse as the tolerance allows
+        while best * step <= hi and score(best * step) <= tol:
+            best *= step
+    if not math.isfinite(score(best)):
+        raise RuntimeError("scale='auto': no scale gave a finite Cole-Hopf fit of h_0")
+    return best, {f"{k:.4g}": v for k, v in sorted(scores.items())}, evals
 
 
 def _engine_log_density(target, scale: jax.Array):
@@ -244,6 +322,13 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
     d = int(target.dim)
     seed = int(np.asarray(jax.random.randint(rng_key, (), 0, 2**31 - 1)))
     with jax.enable_x64(True):
+        scale_search, scale_evals, t_scale = {}, 0, time.perf_counter()
+        if isinstance(cfg.get("scale"), str) and cfg["scale"] == "auto":
+            if cfg["formulation"] != "cole_hopf":
+                raise ValueError("scale='auto' is for formulation='cole_hopf'")
+            best, scale_search, scale_evals = _choose_scale(target, d, cfg, seed)
+            cfg = {**cfg, "scale": best}
+        scale_s = time.perf_counter() - t_scale  # counted as training time
         scale = jnp.asarray(_scale_vector(cfg, d))
         log_density = _engine_log_density(target, scale)
 
@@ -273,7 +358,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
         k_steps = int(cfg["num_sampling_steps"])
         grid = np.asarray(time_grid(float(cfg["horizon"]), k_steps, float(cfg["grid_power"])))
         snap_times = np.sort(grid)
-        num_evals = 0
+        num_evals = scale_evals
         final_jump, t_switch = 0.0, 0.0
         formulation = cfg["formulation"]
         hjb_failure = ""
@@ -344,7 +429,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
             used = "cole_hopf"
             cole_hopf, h_eps = 1.0, float(cfg["ch_eps"]) * abs(ch["mean_h"])
             holdout, cross_rank = ch["holdout_error"], int(max(C.ranks(ch["h0"])))
-        train_s = time.perf_counter() - t1
+        train_s = time.perf_counter() - t1 + scale_s
     state = {
         "times": np.asarray(snap_times, dtype=np.float64),
         "cores": stacked_snapshot(snapshots),
@@ -360,6 +445,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
         "formulation": used,
         "hjb_failure": hjb_failure,
         "num_target_evals": int(num_evals),
+        "scale_search": scale_search,  # scale="auto": {scale: truncation indicator}
         "log_z_readoff": float(log_z),
         "readoff_residual": float(resid),
         "cross_holdout_error": float(holdout),

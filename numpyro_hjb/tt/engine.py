@@ -198,7 +198,7 @@ def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, in
         nonlocal evals
         s = float(s)
         if s not in scores:
-            fun = lambda pts: np.asarray(w0_batch(jnp.asarray(pts), s))  # noqa: E731
+            fun = lambda pts: np.asarray(w0_batch(jnp.asarray(pts), s))
             value, n = _truncation_indicator(fun, d, cfg, seed)
             scores[s] = value / math.sqrt(d)
             evals += n

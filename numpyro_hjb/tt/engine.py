@@ -189,7 +189,7 @@ def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, in
     @jax.jit
     def w0_batch(xi, s):
         ld = _engine_log_density(target, jnp.full((d,), s))
-        return jax.vmap(lambda z: -ld(z) - 0.5 * jnp.sum(z**2))(xi)
+        return jax.vmap(partial(_w0_value, ld))(xi)
 
     scores: dict = {}
     evals = 0
@@ -223,6 +223,11 @@ def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, in
     if not math.isfinite(score(best)):
         raise RuntimeError("scale='auto': no scale gave a finite Cole-Hopf fit of h_0")
     return best, {f"{k:.4g}": v for k, v in sorted(scores.items())}, evals
+
+
+def _w0_value(log_density, z: jax.Array) -> jax.Array:
+    """W_0(z) = -log rho~(z) - |z|^2 / 2 (DESIGN.md s.4) at one point."""
+    return -log_density(z) - 0.5 * jnp.sum(z**2)
 
 
 def _engine_log_density(target, scale: jax.Array):
@@ -334,7 +339,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
 
         @jax.jit
         def w0_batch(xi):
-            return jax.vmap(lambda z: -log_density(z) - 0.5 * jnp.sum(z**2))(xi)
+            return jax.vmap(partial(_w0_value, log_density))(xi)
 
         def w0_fun(pts: np.ndarray) -> np.ndarray:
             out = []
@@ -344,7 +349,7 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
 
         @jax.jit
         def w0_grad_batch(xi):
-            return jax.vmap(jax.grad(lambda z: -log_density(z) - 0.5 * jnp.sum(z**2)))(xi)
+            return jax.vmap(jax.grad(partial(_w0_value, log_density)))(xi)
 
         def w0_grad_fun(pts: np.ndarray) -> np.ndarray:
             return np.asarray(w0_grad_batch(jnp.asarray(pts)))

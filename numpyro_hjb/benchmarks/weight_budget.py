@@ -4,9 +4,9 @@ log w = (log rho(y_K) - log N(y_K; 0, final_var)) + sum_k (log r_k - log f_k)  (
 
 is split into the terminal term and the step terms summed over time windows. For each
 window the variance of its sum and its covariance with the rest of log w are reported
-(var + cov summed over the windows and the terminal term is Var log w); the quantiles of log w about its median show whether the ESS is
-lost to a broad spread or to a tail of bad paths, and the end points of the worst paths say
-where those paths land.
+(var + cov, summed over the windows and the terminal term, is Var log w). The quantiles of
+log w about its median show whether the ESS is lost to a broad spread or to a tail of bad
+paths, and the end points of the worst paths say where those paths land.
 
 Run: ``python -m numpyro_hjb.benchmarks.weight_budget manywell5 --engine dds
 --set num_steps=256 ...`` (fits, then reports on fresh paths).

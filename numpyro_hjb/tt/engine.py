@@ -157,26 +157,27 @@ def _scale_vector(config: dict, dim: int) -> np.ndarray:
     return s
 
 
-def _truncation_indicator(w0_fun, d: int, cfg: dict, seed: int) -> tuple[float, int]:
+def _truncation_indicator(w0_fun, d: int, cfg: dict, seed: int) -> tuple[float, int, dict]:
     """||h_p / ||h_p|| - h_{p/2} / ||h_{p/2}|| ||_{L2(gamma)} for the Cole-Hopf fits of h_0 at
     degrees p = ch_degree and p // 2 (exact in coefficient space; inf if a fit fails), and the
-    number of target evaluations it took. It measures how fast the Hermite expansion of h_0
+    number of target evaluations it took, and the degree-p fit (:func:`_cole_hopf`'s dict, or
+    None). It measures how fast the Hermite expansion of h_0
     converges at this scale; unlike a Monte Carlo hold-out error it is not dominated by rare
     points in the tails (docs/benchmarks_notes.md)."""
     p = int(cfg["ch_degree"])
     fits, evals = [], 0
     for degree in (p, max(p // 2, 1)):
         try:
-            ch = _cole_hopf(w0_fun, d, {**cfg, "ch_degree": degree}, seed)
+            fits.append(_cole_hopf(w0_fun, d, {**cfg, "ch_degree": degree}, seed))
         except RuntimeError:
-            return math.inf, evals
-        evals += ch["num_evals"]
-        fits.append(C.scale(ch["h0"], 1.0 / C.norm(ch["h0"])))
-    diff = C.norm(C.sub(fits[0], C.pad_degrees(fits[1], C.degrees(fits[0]))))
-    return (diff if math.isfinite(diff) else math.inf), evals
+            return math.inf, evals, None
+        evals += fits[-1]["num_evals"]
+    h_p, h_half = (C.scale(f["h0"], 1.0 / C.norm(f["h0"])) for f in fits)
+    diff = C.norm(C.sub(h_p, C.pad_degrees(h_half, C.degrees(h_p))))
+    return (diff if math.isfinite(diff) else math.inf), evals, fits[0]
 
 
-def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, int]:
+def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, int, dict]:
     """scale="auto": the common scale s of xi = x / s. With e(s) the truncation indicator
     divided by sqrt(d) (a product of d equal factors has sqrt(d) times the relative error of
     one), take the largest s with e(s) <= scale_tol: the coarsest scale at which the Hermite
@@ -184,7 +185,7 @@ def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, in
     of the sampler. From s = 1, steps by factors ``scale_step`` in the direction in which e
     decreases until e <= scale_tol (else stops where e stops decreasing), then up while
     e <= scale_tol; within [scale_min, scale_max].
-    Returns (s, {s: e(s)}, target evaluations)."""
+    Returns (s, {s: e(s)}, target evaluations, the Cole-Hopf fit at s, reused by fit)."""
 
     @jax.jit
     def w0_batch(xi, s):
@@ -192,6 +193,7 @@ def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, in
         return jax.vmap(partial(_w0_value, ld))(xi)
 
     scores: dict = {}
+    fits: dict = {}
     evals = 0
 
     def score(s: float) -> float:
@@ -199,7 +201,7 @@ def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, in
         s = float(s)
         if s not in scores:
             fun = lambda pts: np.asarray(w0_batch(jnp.asarray(pts), s))
-            value, n = _truncation_indicator(fun, d, cfg, seed)
+            value, n, fits[s] = _truncation_indicator(fun, d, cfg, seed)
             scores[s] = value / math.sqrt(d)
             evals += n
         return scores[s]
@@ -222,7 +224,7 @@ def _choose_scale(target, d: int, cfg: dict, seed: int) -> tuple[float, dict, in
             best *= step
     if not math.isfinite(score(best)):
         raise RuntimeError("scale='auto': no scale gave a finite Cole-Hopf fit of h_0")
-    return best, {f"{k:.4g}": v for k, v in sorted(scores.items())}, evals
+    return best, {f"{k:.4g}": v for k, v in sorted(scores.items())}, evals, fits[best]
 
 
 def _w0_value(log_density, z: jax.Array) -> jax.Array:
@@ -327,11 +329,11 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
     d = int(target.dim)
     seed = int(np.asarray(jax.random.randint(rng_key, (), 0, 2**31 - 1)))
     with jax.enable_x64(True):
-        scale_search, scale_evals, t_scale = {}, 0, time.perf_counter()
+        scale_search, scale_evals, scale_fit, t_scale = {}, 0, None, time.perf_counter()
         if isinstance(cfg.get("scale"), str) and cfg["scale"] == "auto":
             if cfg["formulation"] != "cole_hopf":
                 raise ValueError("scale='auto' is for formulation='cole_hopf'")
-            best, scale_search, scale_evals = _choose_scale(target, d, cfg, seed)
+            best, scale_search, scale_evals, scale_fit = _choose_scale(target, d, cfg, seed)
             cfg = {**cfg, "scale": best}
         scale_s = time.perf_counter() - t_scale  # counted as training time
         scale = jnp.asarray(_scale_vector(cfg, d))
@@ -415,8 +417,11 @@ def fit(target, rng_key, config: dict, progress_bar: bool = True, init_state=Non
                 import warnings
 
                 warnings.warn(f"TT-HJB: using the Cole-Hopf formulation ({hjb_failure})")
-            ch = _cole_hopf(w0_fun, d, cfg, seed)
-            num_evals += ch["num_evals"]
+            if scale_fit is not None:  # the search's fit at this scale (evaluations counted)
+                ch = scale_fit
+            else:
+                ch = _cole_hopf(w0_fun, d, cfg, seed)
+                num_evals += ch["num_evals"]
             if _sampler(cfg, True) == "tweedie" and float(cfg["jump_tol"]) > 0:
                 eps_p = float(np.max(C.top_degree_mass(ch["h0"])))
                 p_h = max(int(max(C.degrees(ch["h0"]))), 1)

@@ -63,6 +63,7 @@ DEFAULTS: dict = {
     "pis_sigma": 2.0,
     "hidden": (64, 64),
     "num_time_features": 16,
+    "conditioning": "time",  # "time": features of t / T; "noise": of log sigma_t, MLP / sigma_t
     "learning_rate": 3e-3,
     "final_learning_rate": 1e-4,
     "grad_clip": 1.0,
@@ -112,7 +113,7 @@ def build_problem(target: Target, config: dict, batch_size: int | None = None) -
     step_coef = scheme.gen_control
 
     def base_fn(y, t):
-        c = jnp.interp(t, step_times[::-1], step_coef[::-1])
+        c = _interp_ascending(t, step_times[::-1], step_coef[::-1])
         g = grad_log_rho(y)
         g = jnp.where(jnp.isfinite(g), g, 0.0)
         g = jnp.clip(g, -clip, clip)
@@ -120,7 +121,11 @@ def build_problem(target: Target, config: dict, batch_size: int | None = None) -
 
     horizon = _horizon(config)
     net_fn = partial(
-        _net, horizon=horizon, num_time_features=int(config["num_time_features"])
+        _net,
+        horizon=horizon,
+        num_time_features=int(config["num_time_features"]),
+        # .get: fits saved before the setting existed load as "time"
+        noise_fn=_noise_level_fn(config) if config.get("conditioning") == "noise" else None,
     )
     return Problem(
         scheme=scheme,
@@ -133,8 +138,32 @@ def build_problem(target: Target, config: dict, batch_size: int | None = None) -
     )
 
 
-def _net(params, y, t, base, *, horizon, num_time_features):
-    return apply_control(params, y, t, base, horizon, num_time_features)
+def _noise_level_fn(config: dict):
+    """sigma_t, the reference's noise between time t and the data end: sqrt(1 - e^{-2t}) for
+    the OU schemes, pis_sigma sqrt(t) for PIS (the std of X_0 given X_t under the reference)."""
+    if config["scheme"] == "pis":
+        sigma = float(config["pis_sigma"])
+        return lambda t: sigma * jnp.sqrt(t)
+    return lambda t: jnp.sqrt(-jnp.expm1(-2.0 * t))
+
+
+def _interp_ascending(t: jax.Array, xs: jax.Array, ys: jax.Array) -> jax.Array:
+    """Piecewise-linear interpolation on ascending knots xs, clamped at the ends.
+
+    ``jnp.interp`` does the same through a ``searchsorted`` loop; inside the sampler's
+    ``lax.scan`` that loop fails to compile on GPU (jax 0.11.2: "Failed to evaluate
+    instruction ... depends on ... parameters"), so the interval is found by a comparison
+    count instead.
+    """
+    i = jnp.clip(jnp.sum(xs <= t) - 1, 0, xs.shape[0] - 2)
+    x0, x1, y0, y1 = xs[i], xs[i + 1], ys[i], ys[i + 1]
+    w = jnp.clip((t - x0) / (x1 - x0), 0.0, 1.0)
+    return y0 + w * (y1 - y0)
+
+
+def _net(params, y, t, base, *, horizon, num_time_features, noise_fn):
+    noise = None if noise_fn is None else noise_fn(t)
+    return apply_control(params, y, t, base, horizon, num_time_features, noise)
 
 
 def _validate(config: dict) -> None:
@@ -143,6 +172,10 @@ def _validate(config: dict) -> None:
     for name in ("num_iterations", "batch_size", "num_steps", "log_every"):
         if int(config[name]) < 1:
             raise ValueError(f"{name} must be a positive integer, got {config[name]}")
+    if config["conditioning"] not in ("time", "noise"):
+        raise ValueError(
+            f"conditioning must be 'time' or 'noise', got {config['conditioning']!r}"
+        )
     if config["exploration"] < 0:
         raise ValueError(f"exploration must be >= 0, got {config['exploration']}")
     if not 0.0 <= float(config["lv_target_weight"]) <= 1.0:

@@ -8,6 +8,16 @@ untrained sampler is the reference process. With g = 1, k = 1 / tau_K at t = 0 t
 ``grad log rho(y) + y / tau_K``, the optimal control at the data end in the parametrisation
 of :mod:`numpyro_hjb.diffusion`. The score feature is built in ``control.engine``.
 
+Noise conditioning (``noise_level`` given, the noise level sigma_t of the reference at time
+t): the embedding is of the normalised log sigma_t instead of t / T, and the MLP term is
+divided by max(sigma_t, 0.05),
+
+    u_theta(y, t) = MLP([y, e(log sigma_t)]) / max(sigma_t, 0.05) + g_theta(t) s + k_theta(t) y,
+
+as in noise-conditional score networks: the score of p_t grows like 1 / sigma_t where the
+modes separate, and log sigma_t resolves the short times that t / T crowds together. Below
+sigma = 0.05 the gated target score carries the steep part.
+
 Parameters are a plain pytree of arrays ({"net": [(W, b), ...], "gate": [(W, b), ...]}),
 which keeps save/load to ``.npz`` trivial.
 """
@@ -18,6 +28,12 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+
+#: log-noise range of the embedding: sigma in [SIGMA_MIN, 1] maps to [0, 1]
+SIGMA_MIN = 1e-4
+#: the MLP term is divided by max(sigma_t, SIGMA_FLOOR)
+SIGMA_FLOOR = 0.05
 
 
 def time_embedding(t: Array, horizon: float, num_features: int) -> Array:
@@ -64,9 +80,19 @@ def apply_control(
     base: Array,
     horizon: float,
     num_time_features: int = 16,
+    noise_level: Array | None = None,
 ) -> Array:
-    """u_theta(y, t) for a batch y (B, d) at one time t, given the score feature base (B, d)."""
-    emb = time_embedding(t, horizon, num_time_features).astype(y.dtype)
+    """u_theta(y, t) for a batch y (B, d) at one time t, given the score feature base (B, d);
+    noise-conditioned when ``noise_level`` (sigma_t, a scalar) is given."""
+    if noise_level is None:
+        emb = time_embedding(t, horizon, num_time_features)
+    else:
+        log_s = jnp.log(jnp.maximum(noise_level, SIGMA_MIN))
+        emb = time_embedding(log_s - jnp.log(SIGMA_MIN), -jnp.log(SIGMA_MIN), num_time_features)
+    emb = emb.astype(y.dtype)
     inp = jnp.concatenate([y, jnp.broadcast_to(emb, (y.shape[0], emb.shape[0]))], axis=1)
     gate_score, gate_y = jnp.split(_apply_mlp(params["gate"], emb), 2)
-    return _apply_mlp(params["net"], inp) + gate_score * base + gate_y * y
+    out = _apply_mlp(params["net"], inp)
+    if noise_level is not None:
+        out = out / jnp.maximum(noise_level, SIGMA_FLOOR).astype(y.dtype)
+    return out + gate_score * base + gate_y * y

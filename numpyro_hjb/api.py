@@ -38,6 +38,11 @@ ENGINES: dict[str, tuple[str, dict]] = {
 }
 
 
+def _engine_precision(mod):
+    """jax.enable_x64(True) for a float64 engine (TT), else a no-op context."""
+    return jax.enable_x64(True) if getattr(mod, "FLOAT64", False) else nullcontext()
+
+
 def engine_module(name: str):
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {name!r}")
@@ -125,7 +130,11 @@ class FitResult:
         ev = estimate_evidence(log_w, method=f"{self.engine} importance sampling")
         idx = resample(key_res, log_w, num)
         x_draw = x[idx]
-        samples = self.target.constrain_batch(x_draw)
+        # In the precision the target was built in: a float64 engine's whitening map is
+        # float64, and applying it outside x64 made a mixed-precision GEMM that cuBLASLt
+        # rejects on GPU (jax 0.11.2).
+        with _engine_precision(engine_module(self.engine)):
+            samples = self.target.constrain_batch(x_draw)
         return Draws(samples, x_draw, log_w, idx, ev)
 
 
@@ -170,8 +179,7 @@ def fit(
     if not isinstance(model, Target):
         # A float64 engine (TT) gets its whitening pre-fit in float64 as well: in float32 the
         # whitened potential of a Gaussian is quadratic only up to round-off.
-        precision = jax.enable_x64(True) if getattr(mod, "FLOAT64", False) else nullcontext()
-        with precision:
+        with _engine_precision(mod):
             target = make_target(
                 model, *model_args, rng_key=key_target, whitening=whitening, **(model_kwargs or {})
             )

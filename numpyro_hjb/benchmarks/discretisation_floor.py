@@ -7,8 +7,10 @@ and so says whether more training or more steps is what a target needs.
 
 * gmm9: p_t is the mixture of N(e^{-t} m_i, (e^{-2t} 0.3 + 1 - e^{-2t}) I), exactly.
 * manywell (product of 1-D double wells): the 1-D score of p_t by quadrature on a fine grid.
+* funnel: given x1 every coordinate of X_t is Gaussian (y1 ~ N(a x1, s^2), y_i ~ N(0,
+  a^2 e^{x1} + s^2)), so p_t is a 1-D integral over x1, done by quadrature.
 
-Run: ``python -m numpyro_hjb.benchmarks.discretisation_floor [gmm9|manywell5]``.
+Run: ``python -m numpyro_hjb.benchmarks.discretisation_floor [gmm9|manywell5|funnel10]``.
 """
 
 from __future__ import annotations
@@ -52,14 +54,49 @@ def manywell_score(delta: float, grid: int = 2001, half_width: float = 4.0):
     return score
 
 
+def funnel_score(scale: float = 3.0, grid: int = 4001, half_width: float = 8.0):
+    """Score of the OU marginal p_t of Neal's funnel (x1 ~ N(0, scale^2), x_i | x1 ~
+    N(0, e^{x1})): quadrature over x1 on [-half_width, half_width] * scale; the target score
+    below t = 1e-3, where the x1-integrand is narrower than the grid."""
+    x1s = jnp.linspace(-half_width * scale, half_width * scale, grid)
+    log_prior = -0.5 * (x1s / scale) ** 2
+
+    def log_pt(y, t):
+        a = jnp.exp(-t)
+        v = -jnp.expm1(-2.0 * t)
+        var_rest = a**2 * jnp.exp(x1s) + v  # (grid,)
+        k = y.shape[0] - 1
+        terms = (
+            log_prior
+            - 0.5 * (y[0] - a * x1s) ** 2 / v
+            - 0.5 * jnp.sum(y[1:] ** 2) / var_rest
+            - 0.5 * k * jnp.log(var_rest)
+        )
+        return jax.scipy.special.logsumexp(terms)
+
+    def log_rho(y):
+        k = y.shape[0] - 1
+        return -0.5 * (y[0] / scale) ** 2 - 0.5 * jnp.sum(y[1:] ** 2) * jnp.exp(-y[0]) - 0.5 * k * y[0]
+
+    grad_pt = jax.vmap(jax.grad(log_pt), (0, None))
+    grad_rho = jax.vmap(jax.grad(log_rho))
+
+    def score(y, t):
+        return jnp.where(t < 1e-3, grad_rho(y), grad_pt(y, jnp.maximum(t, 1e-3)))
+
+    return score
+
+
 def floor_table(name: str, steps=(64, 128, 256), powers=(1.0, 2.0, 3.0), num=10_000) -> list[str]:
     target = get_target(name)
     if name == "gmm9":
         score = gmm9_score()
     elif name.startswith("manywell") and target.dim == 5:
         score = manywell_score(4.0)
+    elif name == "funnel10":
+        score = funnel_score()
     else:
-        raise ValueError(f"no exact score for target {name!r} (use gmm9 or manywell5)")
+        raise ValueError(f"no exact score for target {name!r} (use gmm9, manywell5 or funnel10)")
     control = control_from_score(score)
     rows = ["| integrator | K | grid power | Δlog Z | ESS |", "|---|---|---|---|---|"]
     for integrator in ("em", "ei"):

@@ -1,0 +1,113 @@
+"""Capacity check: can the control network represent the optimal control at all?
+
+The network u_theta of a DDS/DIS fit is regressed on the *exact* optimal control
+u* = grad log p_t + y (DESIGN.md s.2; p_t known for gmm9 in closed form and for manywell5
+by 1-D quadrature), on exact draws y ~ p_t at random step times of the grid. The squared
+error of step k is weighted by its path-KL rate c_k^2 / vF_k, so the loss estimates the path
+KL between the fitted and the optimal sampler. The ESS of fresh paths of the regressed
+network shows what the architecture can reach with an ideal training signal, to be set
+against the exact-score floor (:mod:`.discretisation_floor`) and against the LV fits.
+
+Run: ``python -m numpyro_hjb.benchmarks.score_regression manywell5 --iterations 3000
+--set num_steps=256 --set grid_power=3 --set conditioning=noise``; ``--engine dis`` regresses
+a DIS network (the optimal control is the same; only the sampler's integrator differs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..api import fit
+from ..control.engine import build_problem
+from ..evidence import estimate_evidence
+from .discretisation_floor import funnel_score, gmm9_score, manywell_score
+from .targets import get_target
+
+
+def regress_on_exact_control(name: str, settings: dict, iterations: int = 3000,
+                             batch: int = 512, seed: int = 0, engine: str = "dds") -> dict:
+    """Fit the network of a DDS or DIS fit (``settings``) to the exact control; returns the
+    evidence metrics of 10,000 fresh paths, the loss curve and the regressed fit
+    (``result``, a :class:`~numpyro_hjb.api.FitResult` usable as a warm start)."""
+    bench = get_target(name)
+    if name == "gmm9":
+        score = gmm9_score()
+    elif name == "manywell5":
+        score = manywell_score(4.0)
+    elif name == "funnel10":
+        score = funnel_score()
+    else:
+        raise ValueError(f"no exact score for target {name!r} (use gmm9, manywell5 or funnel10)")
+    # A one-iteration fit supplies the target, the config and initial parameters.
+    result = fit(bench.model, engine=engine, rng_key=jax.random.PRNGKey(seed), progress_bar=False,
+                 **{**settings, "num_iterations": 1, "log_every": 1})
+    problem = build_problem(result.target, result.config)
+    times = problem.scheme.times[:-1]
+    kl_rate = problem.scheme.gen_control**2 / problem.scheme.gen_var
+    kl_rate = kl_rate / jnp.mean(kl_rate)
+    schedule = optax.cosine_decay_schedule(3e-3, iterations, alpha=1e-4 / 3e-3)
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+    def loss(params, key):
+        k_t, k_x, k_e = jax.random.split(key, 3)
+        ks = jax.random.randint(k_t, (batch,), 0, times.shape[0])
+        t = times[ks]
+        a = jnp.exp(-t)[:, None]
+        y = a * bench.sample_exact(k_x, batch) + jnp.sqrt(1 - a**2) * jax.random.normal(
+            k_e, (batch, bench.dim))
+
+        def sq_err(yi, ti):
+            yi = yi[None]
+            u = problem.net_fn(params, yi, ti, problem.base_fn(yi, ti))
+            return jnp.sum((u - score(yi, ti) - yi) ** 2)
+
+        return jnp.mean(kl_rate[ks] * jax.vmap(sq_err)(y, t))
+
+    @jax.jit
+    def step(carry, key):
+        params, opt_state = carry
+        value, grads = jax.value_and_grad(loss)(params, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    params = result.state["params"]
+    t0 = time.perf_counter()
+    (params, _), curve = jax.lax.scan(
+        step, (params, optimizer.init(params)),
+        jax.random.split(jax.random.PRNGKey(seed + 1), iterations))
+    jax.block_until_ready(params)
+    train_s = time.perf_counter() - t0
+    result.state = {"params": params}
+    result._propose_jit = None
+    _, log_w = result.propose(jax.random.PRNGKey(seed + 2), 10_000)
+    est = estimate_evidence(log_w)
+    return {"target": name, "settings": settings, "iterations": iterations, "batch": batch,
+            "delta_log_z": abs(est.log_z - bench.log_z), "ess": est.ess,
+            "final_loss": float(jnp.mean(curve[-100:])), "train_s": train_s,
+            "loss_curve": curve, "result": result}
+
+
+def main(argv=None) -> None:
+    from ..__main__ import parse_settings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("target", choices=["gmm9", "manywell5", "funnel10"])
+    parser.add_argument("--engine", choices=["dds", "dis"], default="dds")
+    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    settings = parse_settings(args.set)
+    out = regress_on_exact_control(args.target, settings, args.iterations, engine=args.engine)
+    out.pop("loss_curve")
+    out.pop("result")
+    print(json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -219,3 +219,31 @@ def test_labels_and_settings_parsing():
         parse_settings(["num_iterations"])
     with pytest.raises(ValueError, match="engine"):
         run_benchmark("gmm9", "bogus")
+
+
+@pytest.mark.parametrize("name", ["gmm9", "manywell5", "funnel10"])
+def test_exact_ou_scores_satisfy_steins_identity(name):
+    """The exact scores of p_t behind the discretisation floor and the regression check:
+    under y ~ p_t (exact draws pushed through the OU transition), E[s(y)] = 0 and
+    E[s(y) y^T] = -I (integration by parts), at a short and a long time."""
+    from numpyro_hjb.benchmarks.discretisation_floor import (
+        funnel_score,
+        gmm9_score,
+        manywell_score,
+    )
+
+    score = {"gmm9": gmm9_score(), "manywell5": manywell_score(4.0), "funnel10": funnel_score()}[name]
+    bench = get_target(name)
+    n = 4000
+    for t in (0.1, 1.0):
+        x0 = bench.sample_exact(jax.random.PRNGKey(1), n)
+        a = np.exp(-t)
+        y = a * x0 + np.sqrt(1 - a**2) * jax.random.normal(jax.random.PRNGKey(2), x0.shape)
+        s = np.asarray(score(y, t))
+        y = np.asarray(y)
+        cross = s.T @ y / n
+        # Monte Carlo tolerance: 5 standard errors of each mean
+        se_mean = s.std(0) / np.sqrt(n)
+        se_cross = (s * y).std(0) / np.sqrt(n)
+        assert np.all(np.abs(s.mean(0)) < 5 * se_mean + 1e-3), (t, s.mean(0))
+        assert np.all(np.abs(np.diag(cross) + 1) < 5 * se_cross + 1e-3), (t, np.diag(cross))

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..smc import SMC_DEFAULTS
 from . import metrics
 from .targets import BenchmarkTarget, get_target
 
@@ -50,13 +51,7 @@ PEERS = ("nuts", "smc")
 NUM_METRIC_SAMPLES = 2000
 
 NUTS_SETTINGS = {"num_chains": 2, "num_warmup": 1000, "num_samples": 2000}
-SMC_SETTINGS = {
-    "num_particles": 2000,
-    "target_ess": 0.5,
-    "num_mcmc_steps": 10,
-    "num_integration_steps": 5,
-    "target_acceptance": 0.65,
-}
+SMC_SETTINGS = dict(SMC_DEFAULTS)
 
 COLUMNS = (
     "target", "method", "settings", "Δlog Z ± SE", "ELBO", "ESS", "k̂", "W²_γ", "Δstd",
@@ -159,59 +154,11 @@ def _run_nuts(target, rng_key, progress_bar) -> dict:
 
 
 def _smc_program(target: BenchmarkTarget, s: dict):
-    """Adaptive tempered SMC from N(0, sigma^2 I) to rho with HMC moves (BlackJAX).
+    """Adaptive tempered SMC from N(0, sigma^2 I) to rho with HMC moves
+    (:func:`numpyro_hjb.smc.tempered_smc_program`), sigma = the target's ``init_scale``."""
+    from ..smc import tempered_smc_program
 
-    Temperatures come from BlackJAX's ESS solver; before each move the HMC inverse mass
-    matrix is the particles' variance and the step size is rescaled by
-    exp(mean acceptance - target). log Z = sum of the log-likelihood increments, with the
-    normalised Gaussian as the prior, so the likelihood is rho / prior.
-    """
-    import blackjax
-    from blackjax.smc import adaptive_tempered, resampling
-
-    d, sigma = target.dim, float(target.init_scale)
-    log_norm = -d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi)
-
-    def log_prior(x):
-        return -0.5 * jnp.sum(x**2) / sigma**2 + log_norm
-
-    def log_lik(x):
-        return target.log_density(x) - log_prior(x)
-
-    kernel = adaptive_tempered.build_kernel(
-        log_prior, log_lik, blackjax.hmc.build_kernel(), blackjax.hmc.init,
-        resampling.systematic, s["target_ess"],
-    )
-
-    def run(rng_key):
-        k_init, k_loop = jax.random.split(rng_key)
-        x0 = sigma * jax.random.normal(k_init, (s["num_particles"], d))
-        state0 = adaptive_tempered.init(x0)
-        step0 = jnp.asarray(0.5 * sigma * d**-0.25)
-
-        def cond(carry):
-            return carry[0].tempering_param < 1.0
-
-        def body(carry):
-            state, step, key, log_z, n = carry
-            key, k = jax.random.split(key)
-            inv_mass = jnp.var(state.particles, axis=0) + 1e-6
-            params = {
-                "step_size": (step / jnp.sqrt(jnp.mean(inv_mass)))[None],
-                "inverse_mass_matrix": inv_mass[None],
-                "num_integration_steps": jnp.array([s["num_integration_steps"]]),
-            }
-            state, info = kernel(k, state, s["num_mcmc_steps"], params)
-            acc = jnp.mean(info.update_info.acceptance_rate)
-            step = step * jnp.exp(acc - s["target_acceptance"])
-            return state, step, key, log_z + info.log_likelihood_increment, n + 1
-
-        state, _, _, log_z, n = jax.lax.while_loop(
-            cond, body, (state0, step0, k_loop, jnp.zeros(()), jnp.zeros((), jnp.int32))
-        )
-        return state.particles, log_z, n
-
-    return jax.jit(run)
+    return tempered_smc_program(target.log_density, target.dim, target.init_scale, s)
 
 
 def _run_smc(target, rng_key) -> dict:

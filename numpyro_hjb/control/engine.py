@@ -70,6 +70,12 @@ DEFAULTS: dict = {
     "score_clip": 1e3,
     "exploration": 0.0,  # LV: extra noise scale of the reference policy, decayed to 0
     "lv_target_weight": 0.5,  # LV: reference measure (1 - lambda) F + lambda P (self-normalised)
+    "warm_start": None,  # None, or "smc": regress on tempered-SMC particles before training
+    # (skipped when fit is given init_state)
+    "warm_start_iterations": 3000,
+    "warm_start_batch_size": 512,
+    "smc_particles": 2000,
+    "smc_init_scale": 5.0,  # std of the N(0, s^2 I) the SMC path starts from
     "max_log_weight_dev": 1e4,
     "log_every": 50,
     "sample_chunk": 4096,
@@ -176,6 +182,15 @@ def _validate(config: dict) -> None:
         raise ValueError(
             f"conditioning must be 'time' or 'noise', got {config['conditioning']!r}"
         )
+    if config["warm_start"] not in (None, "smc"):
+        raise ValueError(f"warm_start must be None or 'smc', got {config['warm_start']!r}")
+    if config["warm_start"] == "smc" and config["scheme"] == "pis":
+        raise ValueError(
+            "warm_start='smc' regresses on the OU marginals: use engine 'dds' or 'dis', not 'pis'"
+        )
+    for name in ("warm_start_iterations", "warm_start_batch_size", "smc_particles"):
+        if int(config[name]) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {config[name]}")
     if config["exploration"] < 0:
         raise ValueError(f"exploration must be >= 0, got {config['exploration']}")
     if not 0.0 <= float(config["lv_target_weight"]) <= 1.0:
@@ -222,6 +237,11 @@ def fit(
                 "init_state does not match this target and network (dimension or hidden sizes)"
             )
         params = jax.tree_util.tree_map(jnp.asarray, init_params)
+    warm_info = {}
+    if config["warm_start"] == "smc" and init_state is None:
+        params, warm_info = _warm_start_from_smc(
+            target, problem, params, jax.random.fold_in(rng_key, 2), config
+        )
     opt_state = optimizer.init(params)
     explore = float(config["exploration"])
     target_weight = float(config["lv_target_weight"])
@@ -283,7 +303,8 @@ def fit(
         if bar is not None:
             bar.close()
     jax.block_until_ready(params)
-    train_s = time.perf_counter() - t_train
+    # The warm start (SMC and regression, compilation included) counts as training time.
+    train_s = time.perf_counter() - t_train + warm_info.get("warm_start_s", 0.0)
     history = {k: np.concatenate(v) for k, v in history.items()}
     k = problem.scheme.num_steps
     info = {
@@ -291,10 +312,54 @@ def fit(
         "train_s": train_s,
         # one target gradient per step and path, plus the value at the end of each path
         "num_iterations": n_chunks * chunk,
-        "num_target_grad_evals": n_chunks * chunk * problem.batch_size * k,
+        "num_target_grad_evals": n_chunks * chunk * problem.batch_size * k
+        + warm_info.get("warm_start_grad_evals", 0),
         "num_target_evals": n_chunks * chunk * problem.batch_size,
+        **warm_info,
     }
     return {"params": params}, history, info
+
+
+def _warm_start_from_smc(target: Target, problem: Problem, params, rng_key, config: dict):
+    """Particles of the target by adaptive tempered SMC, then the network regressed on
+    them (:mod:`numpyro_hjb.control.warm_start`); returns (params, info)."""
+    from ..smc import SMC_DEFAULTS, tempered_smc_program
+    from .warm_start import regress_on_particles
+
+    k_smc, k_reg = jax.random.split(rng_key)
+    t0 = time.perf_counter()
+    run = tempered_smc_program(
+        target.log_density, target.dim, float(config["smc_init_scale"]),
+        {"num_particles": int(config["smc_particles"])},
+    )
+    particles, smc_log_z, num_temps = run(k_smc)
+    if not bool(jnp.all(jnp.isfinite(particles))):
+        raise TrainingDivergedError(
+            "warm_start='smc': the SMC particles are not finite; try a different "
+            "smc_init_scale or warm_start=None"
+        )
+    params, curve = regress_on_particles(
+        params, k_reg, problem, particles, int(config["warm_start_iterations"]),
+        batch_size=int(config["warm_start_batch_size"]),
+        learning_rate=config["learning_rate"], final_learning_rate=config["final_learning_rate"],
+        grad_clip=config["grad_clip"],
+    )
+    jax.block_until_ready(params)
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(params)):
+        raise TrainingDivergedError("warm_start='smc': the regression diverged (non-finite "
+                                    "parameters); try a smaller learning_rate")
+    curve = np.asarray(curve)
+    return params, {
+        "warm_start_s": time.perf_counter() - t0,
+        "smc_log_z": float(smc_log_z),
+        "smc_num_temperatures": int(num_temps),
+        # HMC: (L + 1) gradients per move; the regression: one per draw
+        "warm_start_grad_evals": int(num_temps) * SMC_DEFAULTS["num_mcmc_steps"]
+        * int(config["smc_particles"]) * (SMC_DEFAULTS["num_integration_steps"] + 1)
+        + int(config["warm_start_iterations"]) * int(config["warm_start_batch_size"]),
+        "warm_start_loss_first": float(curve[: max(1, len(curve) // 20)].mean()),
+        "warm_start_loss_last": float(curve[-max(1, len(curve) // 20):].mean()),
+    }
 
 
 def _progress(total: int, enabled: bool, config: dict):

@@ -1,0 +1,86 @@
+"""Warm start of the learned control from particles of the target (DESIGN.md s.2, s.3).
+
+Given particles x0 ~ rho (here from adaptive tempered SMC, :mod:`numpyro_hjb.smc`), the
+network u_theta is regressed on an unbiased estimate of the optimal control of the OU
+schemes, u* = grad log p_t(y) + y. With y = a x0 + sigma eps (a = e^{-t}, sigma^2 = 1 - a^2)
+
+    grad log p_t(y) = E[kappa grad log rho(X_0) / a - (1 - kappa) eps / sigma | X_t = y]
+
+for any kappa in [0, 1]: the target score identity (kappa = 1) and denoising score matching
+(kappa = 0). kappa = a^2 keeps the variance bounded at both ends of the time range. Times are
+drawn from the step times of the grid, and the squared error of step k is weighted by its
+path-KL rate c_k^2 / vF_k (normalised to mean 1), as in
+:mod:`numpyro_hjb.benchmarks.score_regression`. The LV loss then starts from this network
+instead of from the reference process; on manywell5 that start is what lets it leave the
+ESS-0.15 plateau of the zero initialisation (docs/benchmarks_notes.md).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .losses import Problem
+
+__all__ = ["control_targets", "particle_control_loss", "regress_on_particles"]
+
+
+def control_targets(rng_key: jax.Array, step_times: jax.Array, log_density, particles: jax.Array,
+                    batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A batch of (step index k, y ~ p_{t_k}, unbiased estimate of u*(y, t_k)) from particles."""
+    k_t, k_x, k_e = jax.random.split(rng_key, 3)
+    ks = jax.random.randint(k_t, (batch_size,), 0, step_times.shape[0])
+    t = step_times[ks]
+    x0 = particles[jax.random.randint(k_x, (batch_size,), 0, particles.shape[0])]
+    a = jnp.exp(-t)[:, None]
+    sigma = jnp.sqrt(-jnp.expm1(-2.0 * t))[:, None]
+    eps = jax.random.normal(k_e, x0.shape, x0.dtype)
+    y = a * x0 + sigma * eps
+    score0 = jax.vmap(jax.grad(log_density))(x0)
+    score0 = jnp.where(jnp.isfinite(score0), score0, 0.0)
+    kappa = a**2
+    return ks, y, kappa * score0 / a - (1.0 - kappa) * eps / sigma + y
+
+
+def particle_control_loss(params, rng_key: jax.Array, problem: Problem, particles: jax.Array,
+                          batch_size: int) -> jax.Array:
+    """Path-KL-weighted squared error of u_theta against the unbiased control estimate."""
+    times = problem.scheme.times[:-1]
+    kl_rate = problem.scheme.gen_control**2 / problem.scheme.gen_var
+    kl_rate = kl_rate / jnp.mean(kl_rate)
+    ks, y, u_star = control_targets(rng_key, times, problem.log_density, particles, batch_size)
+
+    def control(yi, ti):
+        yi = yi[None]
+        return problem.net_fn(params, yi, ti, problem.base_fn(yi, ti))[0]
+
+    u = jax.vmap(control)(y, times[ks])
+    return jnp.mean(kl_rate[ks] * jnp.sum((u - u_star) ** 2, axis=-1))
+
+
+def regress_on_particles(params, rng_key: jax.Array, problem: Problem, particles: jax.Array,
+                         num_iterations: int, batch_size: int = 512,
+                         learning_rate: float = 3e-3, final_learning_rate: float = 1e-4,
+                         grad_clip: float = 1.0):
+    """Adam (cosine-decayed, global-norm clipped) on :func:`particle_control_loss`, one
+    ``lax.scan``; returns (params, loss curve)."""
+    schedule = optax.cosine_decay_schedule(
+        learning_rate, num_iterations, alpha=final_learning_rate / learning_rate)
+    optimizer = optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(schedule))
+    particles = jax.lax.stop_gradient(jnp.asarray(particles, jnp.float32))
+
+    def step(carry, key):
+        params, opt_state = carry
+        value, grads = jax.value_and_grad(particle_control_loss)(
+            params, key, problem, particles, batch_size)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    @jax.jit
+    def run(params, key):
+        keys = jax.random.split(key, num_iterations)
+        (params, _), curve = jax.lax.scan(step, (params, optimizer.init(params)), keys)
+        return params, curve
+
+    return run(params, rng_key)

@@ -411,7 +411,8 @@ def _header(rows: Sequence[dict]) -> str:
         "- compile s / train s from the engine (`info`); sample 10k s = second call of "
         "`propose(key, 10_000)`. NUTS: 2 chains × (1000 warm-up + 2000 draws), train s = "
         "warm-up incl. compilation, sample s = draws. SMC: BlackJAX adaptive tempered SMC, "
-        "2,000 particles, HMC moves, train s = a second (compiled) run.",
+        "2,000 particles, HMC moves, draws resampled by the final weights, train s = a second "
+        "(compiled) run. `warm_start=smc`: train s includes the SMC run and the regression.",
         "",
     ])
 

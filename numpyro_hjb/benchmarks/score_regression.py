@@ -21,10 +21,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
-
 from ..api import fit
 from ..control.engine import build_problem
+from ..control.warm_start import regress_control
 from ..evidence import estimate_evidence
 from .discretisation_floor import funnel_score, gmm9_score, manywell_score
 from .targets import get_target
@@ -49,38 +48,20 @@ def regress_on_exact_control(name: str, settings: dict, iterations: int = 3000,
                  **{**settings, "num_iterations": 1, "log_every": 1})
     problem = build_problem(result.target, result.config)
     times = problem.scheme.times[:-1]
-    kl_rate = problem.scheme.gen_control**2 / problem.scheme.gen_var
-    kl_rate = kl_rate / jnp.mean(kl_rate)
-    schedule = optax.cosine_decay_schedule(3e-3, iterations, alpha=1e-4 / 3e-3)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
-    def loss(params, key):
+    def exact_targets(key, n):
         k_t, k_x, k_e = jax.random.split(key, 3)
-        ks = jax.random.randint(k_t, (batch,), 0, times.shape[0])
+        ks = jax.random.randint(k_t, (n,), 0, times.shape[0])
         t = times[ks]
         a = jnp.exp(-t)[:, None]
-        y = a * bench.sample_exact(k_x, batch) + jnp.sqrt(1 - a**2) * jax.random.normal(
-            k_e, (batch, bench.dim))
+        y = a * bench.sample_exact(k_x, n) + jnp.sqrt(1 - a**2) * jax.random.normal(
+            k_e, (n, bench.dim))
+        u_star = jax.vmap(lambda yi, ti: score(yi[None], ti)[0])(y, t) + y
+        return ks, y, u_star
 
-        def sq_err(yi, ti):
-            yi = yi[None]
-            u = problem.net_fn(params, yi, ti, problem.base_fn(yi, ti))
-            return jnp.sum((u - score(yi, ti) - yi) ** 2)
-
-        return jnp.mean(kl_rate[ks] * jax.vmap(sq_err)(y, t))
-
-    @jax.jit
-    def step(carry, key):
-        params, opt_state = carry
-        value, grads = jax.value_and_grad(loss)(params, key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
-
-    params = result.state["params"]
     t0 = time.perf_counter()
-    (params, _), curve = jax.lax.scan(
-        step, (params, optimizer.init(params)),
-        jax.random.split(jax.random.PRNGKey(seed + 1), iterations))
+    params, curve = regress_control(result.state["params"], jax.random.PRNGKey(seed + 1),
+                                    problem, exact_targets, iterations, batch)
     jax.block_until_ready(params)
     train_s = time.perf_counter() - t0
     result.state = {"params": params}

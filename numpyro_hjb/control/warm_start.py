@@ -23,7 +23,12 @@ import optax
 
 from .losses import Problem
 
-__all__ = ["control_targets", "particle_control_loss", "regress_on_particles"]
+__all__ = [
+    "control_regression_loss",
+    "control_targets",
+    "regress_control",
+    "regress_on_particles",
+]
 
 
 def control_targets(rng_key: jax.Array, step_times: jax.Array, log_density, particles: jax.Array,
@@ -43,13 +48,14 @@ def control_targets(rng_key: jax.Array, step_times: jax.Array, log_density, part
     return ks, y, kappa * score0 / a - (1.0 - kappa) * eps / sigma + y
 
 
-def particle_control_loss(params, rng_key: jax.Array, problem: Problem, particles: jax.Array,
-                          batch_size: int) -> jax.Array:
-    """Path-KL-weighted squared error of u_theta against the unbiased control estimate."""
+def control_regression_loss(params, rng_key: jax.Array, problem: Problem, sample_targets,
+                            batch_size: int) -> jax.Array:
+    """Path-KL-weighted squared error of u_theta against regression targets
+    ``sample_targets(key, batch_size) -> (step indices k, y, u*)``."""
     times = problem.scheme.times[:-1]
     kl_rate = problem.scheme.gen_control**2 / problem.scheme.gen_var
     kl_rate = kl_rate / jnp.mean(kl_rate)
-    ks, y, u_star = control_targets(rng_key, times, problem.log_density, particles, batch_size)
+    ks, y, u_star = sample_targets(rng_key, batch_size)
 
     def control(yi, ti):
         yi = yi[None]
@@ -59,21 +65,19 @@ def particle_control_loss(params, rng_key: jax.Array, problem: Problem, particle
     return jnp.mean(kl_rate[ks] * jnp.sum((u - u_star) ** 2, axis=-1))
 
 
-def regress_on_particles(params, rng_key: jax.Array, problem: Problem, particles: jax.Array,
-                         num_iterations: int, batch_size: int = 512,
-                         learning_rate: float = 3e-3, final_learning_rate: float = 1e-4,
-                         grad_clip: float = 1.0):
-    """Adam (cosine-decayed, global-norm clipped) on :func:`particle_control_loss`, one
-    ``lax.scan``; returns (params, loss curve)."""
+def regress_control(params, rng_key: jax.Array, problem: Problem, sample_targets,
+                    num_iterations: int, batch_size: int = 512, learning_rate: float = 3e-3,
+                    final_learning_rate: float = 1e-4, grad_clip: float = 1.0):
+    """Adam (cosine-decayed, global-norm clipped) on :func:`control_regression_loss`, one
+    jit-compiled ``lax.scan``; returns (params, loss curve)."""
     schedule = optax.cosine_decay_schedule(
         learning_rate, num_iterations, alpha=final_learning_rate / learning_rate)
     optimizer = optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(schedule))
-    particles = jax.lax.stop_gradient(jnp.asarray(particles, jnp.float32))
 
     def step(carry, key):
         params, opt_state = carry
-        value, grads = jax.value_and_grad(particle_control_loss)(
-            params, key, problem, particles, batch_size)
+        value, grads = jax.value_and_grad(control_regression_loss)(
+            params, key, problem, sample_targets, batch_size)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), value
 
@@ -84,3 +88,16 @@ def regress_on_particles(params, rng_key: jax.Array, problem: Problem, particles
         return params, curve
 
     return run(params, rng_key)
+
+
+def regress_on_particles(params, rng_key: jax.Array, problem: Problem, particles: jax.Array,
+                         num_iterations: int, batch_size: int = 512, **optimizer_settings):
+    """:func:`regress_control` on the unbiased control estimates of :func:`control_targets`."""
+    particles = jax.lax.stop_gradient(jnp.asarray(particles, jnp.float32))
+    step_times = problem.scheme.times[:-1]
+
+    def sample_targets(key, n):
+        return control_targets(key, step_times, problem.log_density, particles, n)
+
+    return regress_control(params, rng_key, problem, sample_targets, num_iterations, batch_size,
+                           **optimizer_settings)

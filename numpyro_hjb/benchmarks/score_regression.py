@@ -21,6 +21,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+
 from ..api import fit
 from ..control.engine import build_problem
 from ..control.warm_start import regress_control

@@ -197,6 +197,10 @@ def _validate(config: dict) -> None:
         raise ValueError(f"lv_target_weight must be in [0, 1], got {config['lv_target_weight']}")
 
 
+def _all_finite(params) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(params))
+
+
 def _ess(log_w: jax.Array, mask: jax.Array) -> jax.Array:
     lw = jnp.where(mask, log_w, -jnp.inf)
     p = jax.nn.softmax(lw)
@@ -288,7 +292,7 @@ def fit(
             stats = [np.asarray(s) for s in stats]
             for name, s in zip(history, stats):
                 history[name].append(s)
-            if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(params)):
+            if not _all_finite(params):
                 raise TrainingDivergedError(
                     f"training diverged: non-finite network parameters after iteration "
                     f"{(c + 1) * chunk} (loss {stats[0][-1]:.3g}). Try a smaller learning_rate, "
@@ -345,7 +349,7 @@ def _warm_start_from_smc(target: Target, problem: Problem, params, rng_key, conf
         grad_clip=config["grad_clip"],
     )
     jax.block_until_ready(params)
-    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(params)):
+    if not _all_finite(params):
         raise TrainingDivergedError("warm_start='smc': the regression diverged (non-finite "
                                     "parameters); try a smaller learning_rate")
     curve = np.asarray(curve)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from ..api import fit
 from ..control.engine import build_problem
 from ..control.warm_start import regress_control
+from ..diffusion import ou_transition
 from ..evidence import estimate_evidence
 from .discretisation_floor import funnel_score, gmm9_score, manywell_score
 from .targets import get_target
@@ -54,8 +55,8 @@ def regress_on_exact_control(name: str, settings: dict, iterations: int = 3000,
         k_t, k_x, k_e = jax.random.split(key, 3)
         ks = jax.random.randint(k_t, (n,), 0, times.shape[0])
         t = times[ks]
-        a = jnp.exp(-t)[:, None]
-        y = a * bench.sample_exact(k_x, n) + jnp.sqrt(1 - a**2) * jax.random.normal(
+        a, var = ou_transition(t[:, None])
+        y = a * bench.sample_exact(k_x, n) + jnp.sqrt(var) * jax.random.normal(
             k_e, (n, bench.dim))
         u_star = jax.vmap(lambda yi, ti: score(yi[None], ti)[0])(y, t) + y
         return ks, y, u_star

@@ -36,6 +36,7 @@ from ..diffusion import (
     bridge_log_weights,
     brownian_scheme,
     ou_scheme,
+    ou_transition,
     simulate_log_weights,
 )
 from ..target import Target
@@ -150,7 +151,7 @@ def _noise_level_fn(config: dict):
     if config["scheme"] == "pis":
         sigma = float(config["pis_sigma"])
         return lambda t: sigma * jnp.sqrt(t)
-    return lambda t: jnp.sqrt(-jnp.expm1(-2.0 * t))
+    return lambda t: jnp.sqrt(ou_transition(t)[1])
 
 
 def _interp_ascending(t: jax.Array, xs: jax.Array, ys: jax.Array) -> jax.Array:

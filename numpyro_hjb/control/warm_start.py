@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..diffusion import ou_transition
 from .losses import Problem
 
 __all__ = [
@@ -38,8 +39,8 @@ def control_targets(rng_key: jax.Array, step_times: jax.Array, log_density, part
     ks = jax.random.randint(k_t, (batch_size,), 0, step_times.shape[0])
     t = step_times[ks]
     x0 = particles[jax.random.randint(k_x, (batch_size,), 0, particles.shape[0])]
-    a = jnp.exp(-t)[:, None]
-    sigma = jnp.sqrt(-jnp.expm1(-2.0 * t))[:, None]
+    a, var = ou_transition(t[:, None])
+    sigma = jnp.sqrt(var)
     eps = jax.random.normal(k_e, x0.shape, x0.dtype)
     y = a * x0 + sigma * eps
     score0 = jax.vmap(jax.grad(log_density))(x0)

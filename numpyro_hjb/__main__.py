@@ -21,9 +21,12 @@ ALL_TARGETS = ("gmm9", "manywell5", "funnel10", "manywell50")
 
 
 def parse_value(text: str):
-    """'3' -> 3, '0.1' -> 0.1, 'true'/'false' -> bool, 'none' -> None, '64,64' -> (64, 64),
-    anything else stays a string."""
-    low = text.strip().lower()
+    """'3' -> 3, '0.1' -> 0.1, 'true'/'false' -> bool, 'none' -> None, '64,64' or '(64, 64)'
+    -> (64, 64), anything else stays a string."""
+    text = text.strip()
+    if len(text) > 1 and text[0] + text[-1] in ("()", "[]"):
+        text = text[1:-1] + ","
+    low = text.lower()
     if low in ("true", "false"):
         return low == "true"
     if low in ("none", "null"):

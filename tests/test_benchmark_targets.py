@@ -209,9 +209,9 @@ def test_labels_and_settings_parsing():
     from numpyro_hjb.benchmarks.runner import method_label, run_benchmark, settings_label
 
     cfg = parse_settings(["num_iterations=50", "learning_rate=1e-3", "hidden=64,64",
-                          "whitening=laplace", "flag=true"])
+                          "whitening=laplace", "flag=true", "sizes=(128, 128)", "one=[8]"])
     assert cfg == {"num_iterations": 50, "learning_rate": 1e-3, "hidden": (64, 64),
-                   "whitening": "laplace", "flag": True}
+                   "whitening": "laplace", "flag": True, "sizes": (128, 128), "one": (8,)}
     assert method_label("dis", {"loss": "lv"}) == "DIS-LV"
     assert method_label("smc") == "SMC" and method_label("tt") == "TT-HJB"
     assert settings_label({"loss": "kl", "num_iterations": 50}) == "num_iterations=50"

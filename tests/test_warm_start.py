@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from numpyro_hjb import Target, fit
-from numpyro_hjb.control.warm_start import control_targets
+from numpyro_hjb.control.warm_start import brownian_control_targets, control_targets
 from numpyro_hjb.smc import tempered_smc_program
 
 MEAN = jnp.array([2.0, -1.0])
@@ -50,9 +50,36 @@ def test_control_targets_are_unbiased():
             assert abs(slope / slope_exact[j] - 1) < 0.05, (k, j, slope, slope_exact[j])
 
 
-def test_fit_with_smc_warm_start_stays_unbiased():
+def test_brownian_control_targets_match_the_closed_form_pis_control():
+    """PIS with sigma, T: f = rho / N(0, sigma^2 T) is Gaussian with precision
+    P = 1/S - 1/(sigma^2 T) and mean mu = m / (S P), so u*(y, t) = -(y - mu) / (1/P + sigma^2 t).
+    The estimates, regressed on y within each time, recover that slope and intercept."""
+    sigma, horizon = 2.0, 1.0
+    x_end = MEAN + SD * jax.random.normal(jax.random.PRNGKey(4), (200_000, 2))
+    times = jnp.array([0.02, 0.4, 1.0])
+    ks, y, u_star = brownian_control_targets(jax.random.PRNGKey(5), times, log_rho, x_end,
+                                             200_000, sigma, horizon)
+    y, u_star, ks = np.asarray(y), np.asarray(u_star), np.asarray(ks)
+    prec = 1.0 / np.asarray(SD) ** 2 - 1.0 / (sigma**2 * horizon)
+    mu = np.asarray(MEAN) / np.asarray(SD) ** 2 / prec
+    for k in range(3):
+        sel = ks == k
+        for j in range(2):
+            var = 1.0 / prec[j] + sigma**2 * float(times[k])
+            if float(times[k]) == horizon:  # s = 0: y = 0, the control is the constant mu / var
+                assert np.allclose(y[sel, j], 0.0)
+                m, se = u_star[sel, j].mean(), u_star[sel, j].std() / np.sqrt(sel.sum())
+                assert abs(m - mu[j] / var) < 5 * se, (k, j, m, mu[j] / var)
+                continue
+            slope, intercept = np.polyfit(y[sel, j], u_star[sel, j], 1)
+            assert abs(slope * var + 1) < 0.05, (k, j, slope, -1 / var)
+            assert abs(intercept - mu[j] / var) < 0.05 * max(1.0, abs(mu[j] / var)), (k, j)
+
+
+@pytest.mark.parametrize("engine", ["dds", "pis"])
+def test_fit_with_smc_warm_start_stays_unbiased(engine):
     target = Target.from_log_density(log_rho, 2)
-    result = fit(target, engine="dds", loss="lv", progress_bar=False, num_iterations=100,
+    result = fit(target, engine=engine, loss="lv", progress_bar=False, num_iterations=100,
                  batch_size=64, num_steps=16, log_every=50, hidden=(32, 32),
                  warm_start="smc", warm_start_iterations=300, smc_particles=500)
     info = result.info
@@ -67,5 +94,5 @@ def test_warm_start_settings_are_checked():
     target = Target.from_log_density(log_rho, 2)
     with pytest.raises(ValueError, match="warm_start"):
         fit(target, engine="dds", warm_start="nuts", progress_bar=False)
-    with pytest.raises(ValueError, match="pis"):
-        fit(target, engine="pis", warm_start="smc", progress_bar=False)
+    with pytest.raises(ValueError, match="smc_particles"):
+        fit(target, engine="pis", warm_start="smc", smc_particles=0, progress_bar=False)

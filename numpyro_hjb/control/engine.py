@@ -185,10 +185,6 @@ def _validate(config: dict) -> None:
         )
     if config["warm_start"] not in (None, "smc"):
         raise ValueError(f"warm_start must be None or 'smc', got {config['warm_start']!r}")
-    if config["warm_start"] == "smc" and config["scheme"] == "pis":
-        raise ValueError(
-            "warm_start='smc' regresses on the OU marginals: use engine 'dds' or 'dis', not 'pis'"
-        )
     for name in ("warm_start_iterations", "warm_start_batch_size", "smc_particles"):
         if int(config[name]) < 1:
             raise ValueError(f"{name} must be a positive integer, got {config[name]}")
@@ -346,6 +342,7 @@ def _warm_start_from_smc(target: Target, problem: Problem, params, rng_key, conf
     params, curve = regress_on_particles(
         params, k_reg, problem, particles, int(config["warm_start_iterations"]),
         batch_size=int(config["warm_start_batch_size"]),
+        pis_sigma=float(config["pis_sigma"]) if config["scheme"] == "pis" else None,
         learning_rate=config["learning_rate"], final_learning_rate=config["final_learning_rate"],
         grad_clip=config["grad_clip"],
     )

@@ -13,9 +13,22 @@ path-KL rate c_k^2 / vF_k (normalised to mean 1), as in
 :mod:`numpyro_hjb.benchmarks.score_regression`. The LV loss then starts from this network
 instead of from the reference process; on manywell5 that start is what lets it leave the
 ESS-0.15 plateau of the zero initialisation (docs/benchmarks_notes.md).
+
+PIS (Brownian reference sigma B_s from 0, horizon T, t = T - s the time left) has the optimal
+control u* = grad log h_t, h_t(y) = E[f(y + sigma sqrt(t) xi)], f = rho / N(0, sigma^2 T I).
+Under the optimal path measure X_T ~ rho / Z and X_s given X_T is the Brownian bridge from 0,
+y = (s / T) x0 + sigma sqrt(s t / T) eps, and the law of X_T given X_s = y is proportional to
+f(z) N(z; y, sigma^2 t), so
+
+    u*(y, t) = E[kappa (grad log rho(X_T) + X_T / (sigma^2 T)) + (1 - kappa) (X_T - y) / (sigma^2 t) | X_s = y]
+
+(target score identity through the convolution, and Tweedie's formula). kappa = s / T makes
+the second term (X_T - y) / (sigma^2 T), bounded at both ends.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +38,7 @@ from ..diffusion import ou_transition
 from .losses import Problem
 
 __all__ = [
+    "brownian_control_targets",
     "control_regression_loss",
     "control_targets",
     "regress_control",
@@ -47,6 +61,25 @@ def control_targets(rng_key: jax.Array, step_times: jax.Array, log_density, part
     score0 = jnp.where(jnp.isfinite(score0), score0, 0.0)
     kappa = a**2
     return ks, y, kappa * score0 / a - (1.0 - kappa) * eps / sigma + y
+
+
+def brownian_control_targets(rng_key: jax.Array, step_times: jax.Array, log_density,
+                             particles: jax.Array, batch_size: int, sigma: float,
+                             horizon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The same as :func:`control_targets` for the PIS reference (sigma, horizon): a batch of
+    (k, y ~ optimal marginal at t_k, unbiased estimate of u*(y, t_k)) from particles."""
+    k_t, k_x, k_e = jax.random.split(rng_key, 3)
+    ks = jax.random.randint(k_t, (batch_size,), 0, step_times.shape[0])
+    t = step_times[ks][:, None]
+    s = horizon - t
+    x_end = particles[jax.random.randint(k_x, (batch_size,), 0, particles.shape[0])]
+    eps = jax.random.normal(k_e, x_end.shape, x_end.dtype)
+    y = (s / horizon) * x_end + sigma * jnp.sqrt(s * t / horizon) * eps
+    score = jax.vmap(jax.grad(log_density))(x_end)
+    score = jnp.where(jnp.isfinite(score), score, 0.0)
+    var_end = sigma**2 * horizon
+    kappa = s / horizon
+    return ks, y, kappa * (score + x_end / var_end) + (x_end - y) / var_end
 
 
 def control_regression_loss(params, rng_key: jax.Array, problem: Problem, sample_targets,
@@ -92,13 +125,20 @@ def regress_control(params, rng_key: jax.Array, problem: Problem, sample_targets
 
 
 def regress_on_particles(params, rng_key: jax.Array, problem: Problem, particles: jax.Array,
-                         num_iterations: int, batch_size: int = 512, **optimizer_settings):
-    """:func:`regress_control` on the unbiased control estimates of :func:`control_targets`."""
+                         num_iterations: int, batch_size: int = 512,
+                         pis_sigma: float | None = None, **optimizer_settings):
+    """:func:`regress_control` on the unbiased control estimates of :func:`control_targets`
+    (OU schemes), or of :func:`brownian_control_targets` when ``pis_sigma`` is given (PIS)."""
     particles = jax.lax.stop_gradient(jnp.asarray(particles, jnp.float32))
     step_times = problem.scheme.times[:-1]
+    if pis_sigma is None:
+        targets = control_targets
+    else:
+        targets = partial(brownian_control_targets, sigma=float(pis_sigma),
+                          horizon=float(problem.scheme.times[0]))
 
     def sample_targets(key, n):
-        return control_targets(key, step_times, problem.log_density, particles, n)
+        return targets(key, step_times, problem.log_density, particles, n)
 
     return regress_control(params, rng_key, problem, sample_targets, num_iterations, batch_size,
                            **optimizer_settings)

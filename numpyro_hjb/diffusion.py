@@ -125,9 +125,12 @@ def ou_scheme(
     return PathScheme(times, a, s2 * v, alpha, s2 * c, s2 * v_gen, s2, s2)
 
 
-def brownian_scheme(horizon: float = 1.0, num_steps: int = 100, sigma: float = 2.0) -> PathScheme:
-    """PIS: Brownian reference sigma B_s from the point 0; 'times' are T - s."""
-    times = time_grid(horizon, num_steps, 1.0)
+def brownian_scheme(
+    horizon: float = 1.0, num_steps: int = 100, sigma: float = 2.0, power: float = 1.0
+) -> PathScheme:
+    """PIS: Brownian reference sigma B_s from the point 0; 'times' are the times left, T - s,
+    on :func:`time_grid` (power > 1 refines the data end, as for the OU schemes)."""
+    times = time_grid(horizon, num_steps, power)
     h = times[:-1] - times[1:]
     var = sigma**2 * h
     ones = jnp.ones_like(h)

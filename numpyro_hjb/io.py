@@ -33,7 +33,9 @@ from .target import apply_whitening, Target, make_target
 
 __all__ = ["save_fit", "load_fit", "apply_whitening"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# 2: the learned-control setting grid_power applies to PIS too; version-1 PIS fits ran on the
+#    uniform grid whatever their stored grid_power said.
 _PACKAGE = __name__.split(".")[0]
 
 
@@ -227,5 +229,7 @@ def load_fit(
         target = apply_whitening(target, shift, tril, meta["whitening"])
     state = _decode_tree(meta["state_structure"], leaves)
     config = _from_json(meta["config"])
+    if meta["format_version"] < 2 and engine == "pis":
+        config["grid_power"] = 1.0
     info = _from_json(meta["info"])
     return FitResult(engine, target, state, config, history, info)

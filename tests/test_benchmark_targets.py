@@ -247,3 +247,25 @@ def test_exact_ou_scores_satisfy_steins_identity(name):
         se_cross = (s * y).std(0) / np.sqrt(n)
         assert np.all(np.abs(s.mean(0)) < 5 * se_mean + 1e-3), (t, s.mean(0))
         assert np.all(np.abs(np.diag(cross) + 1) < 5 * se_cross + 1e-3), (t, np.diag(cross))
+
+
+def test_manywell_pis_control_matches_the_bridge_estimates():
+    """The quadrature PIS control of manywell5 against the unbiased bridge estimates of
+    control.warm_start on exact draws: E[u(y) g(y)] = E[u_hat g(y)] for g = 1 and g = y."""
+    from numpyro_hjb.benchmarks.discretisation_floor import manywell_pis_control
+    from numpyro_hjb.control.warm_start import brownian_control_targets
+
+    bench = get_target("manywell5")
+    n, times = 20_000, jnp.array([0.05, 0.5])
+    x_end = bench.sample_exact(jax.random.PRNGKey(3), n)
+    ks, y, u_hat = brownian_control_targets(jax.random.PRNGKey(4), times, bench.log_density,
+                                            x_end, n, 2.0, 1.0)
+    control = manywell_pis_control(4.0, 2.0, 1.0)
+    for k in range(2):
+        sel = np.asarray(ks) == k
+        yk, hk = np.asarray(y)[sel], np.asarray(u_hat)[sel]
+        uk = np.asarray(control(jnp.asarray(yk), times[k]))
+        for g in (np.ones_like(yk), yk):
+            diff = (uk - hk) * g
+            se = diff.std(0) / np.sqrt(len(diff))
+            assert np.all(np.abs(diff.mean(0)) < 5 * se + 1e-3), (k, diff.mean(0), se)

@@ -42,8 +42,9 @@ def arbitrary_control(y, t):
         ou_scheme(3.0, 8, "ei", sigma=2.0),
         ou_scheme(3.0, 8, "em", power=2.0, sigma=0.7),
         brownian_scheme(1.0, 8, 2.0),
+        brownian_scheme(1.0, 8, 2.0, power=3.0),
     ],
-    ids=["ei", "em", "ei-sigma", "em-sigma", "pis"],
+    ids=["ei", "em", "ei-sigma", "em-sigma", "pis", "pis-power"],
 )
 def test_importance_weights_are_unbiased_for_any_control(scheme):
     _, log_w = simulate_log_weights(

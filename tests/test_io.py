@@ -106,3 +106,24 @@ def test_apply_whitening_matches_whiten():
     np.testing.assert_allclose(again.to_unconstrained(x), whitened.to_unconstrained(x))
     with pytest.raises(ValueError, match="dimension"):
         apply_whitening(base, jnp.zeros(3), jnp.eye(3), "laplace")
+
+
+def test_version_1_pis_fits_load_on_the_uniform_grid(tmp_path):
+    """Format 1 stored grid_power 2.0 for PIS fits, which ran on the uniform grid."""
+    fit = numpyro_hjb.fit(model, engine="pis", model_kwargs={"y": Y}, progress_bar=False,
+                          **SETTINGS)
+    assert fit.config["grid_power"] is None
+    path = tmp_path / "old.npz"
+    save_fit(fit, path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["format_version"] = 1
+    meta["config"]["grid_power"] = 2.0
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    np.savez(path, **arrays)
+    loaded = load_fit(path, model, y=Y)
+    assert loaded.config["grid_power"] == 1.0
+    key = jax.random.PRNGKey(2)
+    np.testing.assert_allclose(loaded.propose(key, 8)[1], fit.propose(key, 8)[1], rtol=1e-5,
+                               atol=1e-5)

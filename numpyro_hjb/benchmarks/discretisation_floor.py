@@ -10,17 +10,23 @@ and so says whether more training or more steps is what a target needs.
 * funnel: given x1 every coordinate of X_t is Gaussian (y1 ~ N(a x1, s^2), y_i ~ N(0,
   a^2 e^{x1} + s^2)), so p_t is a 1-D integral over x1, done by quadrature.
 
+PIS (Brownian reference sigma B_s from 0 over [0, T]) has the optimal control
+u = grad log h_t, h_t = f * N(0, sigma^2 t) with f = rho / N(0, sigma^2 T); for the many-well
+product it is the 1-D posterior mean of the convolution, by the same quadrature
+(:func:`manywell_pis_control`, rows "pis" of the manywell table).
+
 Run: ``python -m numpyro_hjb.benchmarks.discretisation_floor [gmm9|manywell5|funnel10]``.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 
-from ..diffusion import control_from_score, ou_scheme, simulate_log_weights
+from ..diffusion import brownian_scheme, control_from_score, ou_scheme, simulate_log_weights
 from ..evidence import estimate_evidence
 from .targets import get_target
 
@@ -52,6 +58,26 @@ def manywell_score(delta: float, grid: int = 2001, half_width: float = 4.0):
         return jnp.where(t < 1e-3, s_exact0, s_quad)
 
     return score
+
+
+def manywell_pis_control(delta: float, sigma: float = 2.0, horizon: float = 1.0,
+                         grid: int = 2001, half_width: float = 4.0):
+    """PIS optimal control of the many-well product: u = (E[Z | y] - y) / (sigma^2 t) with
+    Z | y proportional to f(z) N(z; y, sigma^2 t), per coordinate by quadrature; grad log f
+    itself below t = 1e-4."""
+    xs = jnp.linspace(-half_width, half_width, grid)
+    var_end = sigma**2 * horizon
+    log_f = -((xs**2 - delta) ** 2) + 0.5 * xs**2 / var_end
+
+    def control(y, t):
+        v = jnp.maximum(sigma**2 * t, 1e-12)
+        flat = y.reshape(-1)
+        logits = log_f[None, :] - 0.5 * (flat[:, None] - xs[None, :]) ** 2 / v
+        post_mean = jnp.sum(jax.nn.softmax(logits, axis=1) * xs[None, :], 1)
+        u_quad = ((post_mean - flat) / v).reshape(y.shape)
+        return jnp.where(t < 1e-4, -4.0 * y * (y**2 - delta) + y / var_end, u_quad)
+
+    return control
 
 
 def funnel_score(scale: float = 3.0, grid: int = 4001, half_width: float = 8.0):
@@ -97,14 +123,18 @@ def floor_table(name: str, steps=(64, 128, 256), powers=(1.0, 2.0, 3.0), num=10_
         score = funnel_score()
     else:
         raise ValueError(f"no exact score for target {name!r} (use gmm9, manywell5 or funnel10)")
-    control = control_from_score(score)
+    schemes = [(integrator, control_from_score(score), partial(ou_scheme, 4.0, integrator=integrator))
+               for integrator in ("em", "ei")]
+    if name == "manywell5":
+        schemes.append(("pis", manywell_pis_control(4.0, 2.0, 1.0),
+                        partial(brownian_scheme, 1.0, sigma=2.0)))
     rows = ["| integrator | K | grid power | Δlog Z | ESS |", "|---|---|---|---|---|"]
-    for integrator in ("em", "ei"):
+    for integrator, control, make_scheme in schemes:
         for k in steps:
             for p in powers:
                 _, log_w = simulate_log_weights(
                     jax.random.PRNGKey(0),
-                    ou_scheme(4.0, k, integrator, p),
+                    make_scheme(num_steps=k, power=p),
                     control,
                     target.log_density,
                     num,

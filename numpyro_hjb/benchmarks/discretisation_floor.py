@@ -26,7 +26,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from ..diffusion import brownian_scheme, control_from_score, ou_scheme, simulate_log_weights
+from ..diffusion import (
+    brownian_scheme,
+    control_from_score,
+    ou_scheme,
+    simulate_log_weights,
+)
 from ..evidence import estimate_evidence
 from .targets import get_target
 

@@ -46,19 +46,25 @@ __all__ = [
 ]
 
 
+def _draw(rng_key: jax.Array, step_times: jax.Array, log_density, particles: jax.Array,
+          batch_size: int):
+    """Step indices k, their times t_k (B, 1), particles x, noise eps and the (finite) target
+    score at x: the ingredients of both estimators."""
+    k_t, k_x, k_e = jax.random.split(rng_key, 3)
+    ks = jax.random.randint(k_t, (batch_size,), 0, step_times.shape[0])
+    x = particles[jax.random.randint(k_x, (batch_size,), 0, particles.shape[0])]
+    eps = jax.random.normal(k_e, x.shape, x.dtype)
+    score = jax.vmap(jax.grad(log_density))(x)
+    return ks, step_times[ks][:, None], x, eps, jnp.where(jnp.isfinite(score), score, 0.0)
+
+
 def control_targets(rng_key: jax.Array, step_times: jax.Array, log_density, particles: jax.Array,
                     batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A batch of (step index k, y ~ p_{t_k}, unbiased estimate of u*(y, t_k)) from particles."""
-    k_t, k_x, k_e = jax.random.split(rng_key, 3)
-    ks = jax.random.randint(k_t, (batch_size,), 0, step_times.shape[0])
-    t = step_times[ks]
-    x0 = particles[jax.random.randint(k_x, (batch_size,), 0, particles.shape[0])]
-    a, var = ou_transition(t[:, None])
+    ks, t, x0, eps, score0 = _draw(rng_key, step_times, log_density, particles, batch_size)
+    a, var = ou_transition(t)
     sigma = jnp.sqrt(var)
-    eps = jax.random.normal(k_e, x0.shape, x0.dtype)
     y = a * x0 + sigma * eps
-    score0 = jax.vmap(jax.grad(log_density))(x0)
-    score0 = jnp.where(jnp.isfinite(score0), score0, 0.0)
     kappa = a**2
     return ks, y, kappa * score0 / a - (1.0 - kappa) * eps / sigma + y
 
@@ -68,15 +74,9 @@ def brownian_control_targets(rng_key: jax.Array, step_times: jax.Array, log_dens
                              horizon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The same as :func:`control_targets` for the PIS reference (sigma, horizon): a batch of
     (k, y ~ optimal marginal at t_k, unbiased estimate of u*(y, t_k)) from particles."""
-    k_t, k_x, k_e = jax.random.split(rng_key, 3)
-    ks = jax.random.randint(k_t, (batch_size,), 0, step_times.shape[0])
-    t = step_times[ks][:, None]
+    ks, t, x_end, eps, score = _draw(rng_key, step_times, log_density, particles, batch_size)
     s = horizon - t
-    x_end = particles[jax.random.randint(k_x, (batch_size,), 0, particles.shape[0])]
-    eps = jax.random.normal(k_e, x_end.shape, x_end.dtype)
     y = (s / horizon) * x_end + sigma * jnp.sqrt(s * t / horizon) * eps
-    score = jax.vmap(jax.grad(log_density))(x_end)
-    score = jnp.where(jnp.isfinite(score), score, 0.0)
     var_end = sigma**2 * horizon
     kappa = s / horizon
     return ks, y, kappa * (score + x_end / var_end) + (x_end - y) / var_end

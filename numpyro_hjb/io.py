@@ -34,8 +34,8 @@ from .target import apply_whitening, Target, make_target
 __all__ = ["save_fit", "load_fit", "apply_whitening"]
 
 FORMAT_VERSION = 2
-# 2: the learned-control setting grid_power applies to PIS too; version-1 PIS fits ran on the
-#    uniform grid whatever their stored grid_power said.
+# 2: the learned-control setting grid_power applies to PIS too (default 2, as for the OU
+#    schemes); version-1 PIS fits ran on the uniform grid whatever their stored grid_power said.
 _PACKAGE = __name__.split(".")[0]
 
 

@@ -112,7 +112,7 @@ def test_version_1_pis_fits_load_on_the_uniform_grid(tmp_path):
     """Format 1 stored grid_power 2.0 for PIS fits, which ran on the uniform grid."""
     fit = numpyro_hjb.fit(model, engine="pis", model_kwargs={"y": Y}, progress_bar=False,
                           **SETTINGS)
-    assert fit.config["grid_power"] is None
+    assert fit.config["grid_power"] == 2.0
     path = tmp_path / "old.npz"
     save_fit(fit, path)
     with np.load(path) as data:
@@ -124,6 +124,9 @@ def test_version_1_pis_fits_load_on_the_uniform_grid(tmp_path):
     np.savez(path, **arrays)
     loaded = load_fit(path, model, y=Y)
     assert loaded.config["grid_power"] == 1.0
+    uniform = dict(fit.config, grid_power=1.0)
     key = jax.random.PRNGKey(2)
-    np.testing.assert_allclose(loaded.propose(key, 8)[1], fit.propose(key, 8)[1], rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(loaded.propose(key, 8)[1],
+                               FitResult(fit.engine, fit.target, fit.state, uniform, fit.history,
+                                         fit.info).propose(key, 8)[1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(loaded.propose(key, 8)[1], fit.propose(key, 8)[1])

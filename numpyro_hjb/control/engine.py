@@ -59,7 +59,7 @@ DEFAULTS: dict = {
     "batch_size": 256,
     "num_steps": 192,
     "horizon": None,  # OU: 4.0; PIS: 1.0
-    "grid_power": None,  # OU: 2.0; PIS: 1.0 (uniform)
+    "grid_power": 2.0,  # t_k = T (1 - k/K)^power, every scheme (fit format 1: PIS uniform)
     "integrator": None,  # dis: "em", dds: "ei"
     "pis_sigma": 2.0,
     "hidden": (64, 64),
@@ -95,14 +95,12 @@ def _horizon(config: dict) -> float:
 
 def make_scheme(config: dict) -> PathScheme:
     scheme = config["scheme"]
-    power = config["grid_power"]
+    power = float(config["grid_power"])
     if scheme == "pis":
-        power = 1.0 if power is None else float(power)
         return brownian_scheme(_horizon(config), config["num_steps"], config["pis_sigma"], power)
     if scheme not in ("dis", "dds"):
         raise ValueError(f"scheme must be 'dis', 'dds' or 'pis', got {scheme!r}")
     integrator = config["integrator"] or ("em" if scheme == "dis" else "ei")
-    power = 2.0 if power is None else float(power)
     return ou_scheme(_horizon(config), config["num_steps"], integrator, power)
 
 
@@ -182,8 +180,8 @@ def _validate(config: dict) -> None:
     for name in ("num_iterations", "batch_size", "num_steps", "log_every"):
         if int(config[name]) < 1:
             raise ValueError(f"{name} must be a positive integer, got {config[name]}")
-    if config["grid_power"] is not None and not float(config["grid_power"]) > 0:
-        raise ValueError(f"grid_power must be > 0 (or None), got {config['grid_power']}")
+    if not float(config["grid_power"]) > 0:
+        raise ValueError(f"grid_power must be > 0, got {config['grid_power']}")
     if config["conditioning"] not in ("time", "noise"):
         raise ValueError(
             f"conditioning must be 'time' or 'noise', got {config['conditioning']!r}"

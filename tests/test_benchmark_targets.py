@@ -202,6 +202,12 @@ def test_write_results_upserts(tmp_path):
     assert "| gmm9 | DIS-LV | defaults | 0.250 ± 0.010 |" in text
     assert "| gmm9 | SMC | defaults | – |" in text
     assert "eps = 0.05" in text and "2 CPU cores" in text
+    from numpyro_hjb.benchmarks.runner import format_row
+
+    assert "| defaults (seed 2) |" in format_row(dict(_row("gmm9", "DIS-LV", "defaults", 0.1),
+                                                      seeds=[2]))
+    assert "| defaults (seeds 0,1) |" in format_row(dict(_row("gmm9", "DIS-LV", "defaults", 0.1),
+                                                         seeds=[0, 1]))
 
 
 def test_labels_and_settings_parsing():

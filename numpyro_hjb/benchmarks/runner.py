@@ -376,8 +376,11 @@ def format_row(row: dict) -> str:
         _fmt(row.get("compile_s"), ".1f"), _fmt(row.get("train_s"), ".1f"),
         _fmt(row.get("sample_s"), ".2f"), "–" if grad is None else f"{grad:.2e}",
     ]
-    if len(row.get("seeds", [])) > 1:
-        cells[2] = f"{cells[2]} (seeds {','.join(map(str, row['seeds']))})"
+    seeds = row.get("seeds", [0])
+    if len(seeds) > 1:
+        cells[2] = f"{cells[2]} (seeds {','.join(map(str, seeds))})"
+    elif list(seeds) != [0]:  # single-seed rows are seed 0 unless they say otherwise
+        cells[2] = f"{cells[2]} (seed {seeds[0]})"
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 

@@ -48,6 +48,14 @@ def gmm9_score(t_scale: float = 0.3):
     return jax.vmap(jax.grad(log_pt), (0, None))
 
 
+def _posterior_mean_1d(xs, log_prior, y, a, v):
+    """E[X | Y = y] per entry of y, for X with log density log_prior on the grid xs and
+    Y | X ~ N(a X, v), by quadrature: the 1-D core of the many-well controls."""
+    flat = y.reshape(-1)
+    logits = log_prior[None, :] - 0.5 * (flat[:, None] - a * xs[None, :]) ** 2 / v
+    return jnp.sum(jax.nn.softmax(logits, axis=1) * xs[None, :], 1).reshape(y.shape)
+
+
 def manywell_score(delta: float, grid: int = 2001, half_width: float = 4.0):
     xs = jnp.linspace(-half_width, half_width, grid)
     log_rho_1d = -((xs**2 - delta) ** 2)
@@ -55,10 +63,7 @@ def manywell_score(delta: float, grid: int = 2001, half_width: float = 4.0):
     def score(y, t):
         a = jnp.exp(-t)
         v = jnp.maximum(1.0 - a**2, 1e-12)
-        flat = y.reshape(-1)
-        logits = log_rho_1d[None, :] - 0.5 * (flat[:, None] - a * xs[None, :]) ** 2 / v
-        post_mean = jnp.sum(jax.nn.softmax(logits, axis=1) * xs[None, :], 1)
-        s_quad = ((a * post_mean - flat) / v).reshape(y.shape)
+        s_quad = (a * _posterior_mean_1d(xs, log_rho_1d, y, a, v) - y) / v
         s_exact0 = -4.0 * y * (y**2 - delta)  # the target score, where quadrature can't resolve
         return jnp.where(t < 1e-3, s_exact0, s_quad)
 
@@ -76,10 +81,7 @@ def manywell_pis_control(delta: float, sigma: float = 2.0, horizon: float = 1.0,
 
     def control(y, t):
         v = jnp.maximum(sigma**2 * t, 1e-12)
-        flat = y.reshape(-1)
-        logits = log_f[None, :] - 0.5 * (flat[:, None] - xs[None, :]) ** 2 / v
-        post_mean = jnp.sum(jax.nn.softmax(logits, axis=1) * xs[None, :], 1)
-        u_quad = ((post_mean - flat) / v).reshape(y.shape)
+        u_quad = (_posterior_mean_1d(xs, log_f, y, 1.0, v) - y) / v
         return jnp.where(t < 1e-4, -4.0 * y * (y**2 - delta) + y / var_end, u_quad)
 
     return control

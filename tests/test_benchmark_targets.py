@@ -227,18 +227,20 @@ def test_labels_and_settings_parsing():
         run_benchmark("gmm9", "bogus")
 
 
-@pytest.mark.parametrize("name", ["gmm9", "manywell5", "funnel10"])
+@pytest.mark.parametrize("name", ["gmm9", "manywell5", "manywell50", "funnel10"])
 def test_exact_ou_scores_satisfy_steins_identity(name):
     """The exact scores of p_t behind the discretisation floor and the regression check:
     under y ~ p_t (exact draws pushed through the OU transition), E[s(y)] = 0 and
     E[s(y) y^T] = -I (integration by parts), at a short and a long time."""
     from numpyro_hjb.benchmarks.discretisation_floor import (
+        manywell50_controls,
         funnel_score,
         gmm9_score,
         manywell_score,
     )
 
-    score = {"gmm9": gmm9_score(), "manywell5": manywell_score(4.0), "funnel10": funnel_score()}[name]
+    score = {"gmm9": gmm9_score, "manywell5": lambda: manywell_score(4.0),
+             "manywell50": lambda: manywell50_controls()[0], "funnel10": funnel_score}[name]()
     bench = get_target(name)
     n = 4000
     for t in (0.1, 1.0):
@@ -255,18 +257,26 @@ def test_exact_ou_scores_satisfy_steins_identity(name):
         assert np.all(np.abs(np.diag(cross) + 1) < 5 * se_cross + 1e-3), (t, np.diag(cross))
 
 
-def test_manywell_pis_control_matches_the_bridge_estimates():
-    """The quadrature PIS control of manywell5 against the unbiased bridge estimates of
-    control.warm_start on exact draws: E[u(y) g(y)] = E[u_hat g(y)] for g = 1 and g = y."""
-    from numpyro_hjb.benchmarks.discretisation_floor import manywell_pis_control
+@pytest.mark.parametrize("name", ["manywell5", "manywell50"])
+def test_manywell_pis_control_matches_the_bridge_estimates(name):
+    """The quadrature PIS control of the many-well targets against the unbiased bridge
+    estimates of control.warm_start on exact draws: E[u(y) g(y)] = E[u_hat g(y)] for g = 1
+    and g = y."""
+    from numpyro_hjb.benchmarks.discretisation_floor import (
+        manywell50_controls,
+        manywell_pis_control,
+    )
     from numpyro_hjb.control.warm_start import brownian_control_targets
 
-    bench = get_target("manywell5")
+    bench = get_target(name)
     n, times = 20_000, jnp.array([0.05, 0.5])
     x_end = bench.sample_exact(jax.random.PRNGKey(3), n)
     ks, y, u_hat = brownian_control_targets(jax.random.PRNGKey(4), times, bench.log_density,
                                             x_end, n, 2.0, 1.0)
-    control = manywell_pis_control(4.0, 2.0, 1.0)
+    if name == "manywell5":
+        control = manywell_pis_control(4.0, 2.0, 1.0)
+    else:
+        control = manywell50_controls()[1]
     for k in range(2):
         sel = np.asarray(ks) == k
         yk, hk = np.asarray(y)[sel], np.asarray(u_hat)[sel]

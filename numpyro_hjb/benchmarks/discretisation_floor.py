@@ -13,9 +13,10 @@ and so says whether more training or more steps is what a target needs.
 PIS (Brownian reference sigma B_s from 0 over [0, T]) has the optimal control
 u = grad log h_t, h_t = f * N(0, sigma^2 t) with f = rho / N(0, sigma^2 T); for the many-well
 product it is the 1-D posterior mean of the convolution, by the same quadrature
-(:func:`manywell_pis_control`, rows "pis" of the manywell table).
+(:func:`manywell_pis_control`, rows "pis" of the manywell tables). manywell50 adds 45 N(0, 1)
+coordinates, whose scores and PIS controls are linear.
 
-Run: ``python -m numpyro_hjb.benchmarks.discretisation_floor [gmm9|manywell5|funnel10]``.
+Run: ``python -m numpyro_hjb.benchmarks.discretisation_floor [gmm9|manywell5|manywell50|funnel10]``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,23 @@ def manywell_pis_control(delta: float, sigma: float = 2.0, horizon: float = 1.0,
     return control
 
 
+def manywell50_controls(num_wells: int = 5, sigma: float = 2.0, horizon: float = 1.0):
+    """manywell50: wells (x^2 - 2)^2 in the first coordinates, N(0, 1) in the rest. The OU
+    score of an N(0, 1) coordinate is -y; its PIS control is linear, -y / (1/P + sigma^2 t)
+    with P = 1 - 1 / (sigma^2 T), the precision of f = N(0, 1) / N(0, sigma^2 T)."""
+    wells_score, wells_pis = manywell_score(2.0), manywell_pis_control(2.0, sigma, horizon)
+    prec = 1.0 - 1.0 / (sigma**2 * horizon)
+
+    def score(y, t):
+        return jnp.concatenate([wells_score(y[:, :num_wells], t), -y[:, num_wells:]], axis=1)
+
+    def pis_control(y, t):
+        tail = -y[:, num_wells:] / (1.0 / prec + sigma**2 * t)
+        return jnp.concatenate([wells_pis(y[:, :num_wells], t), tail], axis=1)
+
+    return score, pis_control
+
+
 def funnel_score(scale: float = 3.0, grid: int = 4001, half_width: float = 8.0):
     """Score of the OU marginal p_t of Neal's funnel (x1 ~ N(0, scale^2), x_i | x1 ~
     N(0, e^{x1})): quadrature over x1 on [-half_width, half_width] * scale; the target score
@@ -122,19 +140,22 @@ def funnel_score(scale: float = 3.0, grid: int = 4001, half_width: float = 8.0):
 
 def floor_table(name: str, steps=(64, 128, 256), powers=(1.0, 2.0, 3.0), num=10_000) -> list[str]:
     target = get_target(name)
+    pis_control = None
     if name == "gmm9":
         score = gmm9_score()
-    elif name.startswith("manywell") and target.dim == 5:
-        score = manywell_score(4.0)
+    elif name == "manywell5":
+        score, pis_control = manywell_score(4.0), manywell_pis_control(4.0, 2.0, 1.0)
+    elif name == "manywell50":
+        score, pis_control = manywell50_controls()
     elif name == "funnel10":
         score = funnel_score()
     else:
-        raise ValueError(f"no exact score for target {name!r} (use gmm9, manywell5 or funnel10)")
+        raise ValueError(f"no exact score for target {name!r} "
+                         "(use gmm9, manywell5, manywell50 or funnel10)")
     schemes = [(integrator, control_from_score(score), partial(ou_scheme, 4.0, integrator=integrator))
                for integrator in ("em", "ei")]
-    if name == "manywell5":
-        schemes.append(("pis", manywell_pis_control(4.0, 2.0, 1.0),
-                        partial(brownian_scheme, 1.0, sigma=2.0)))
+    if pis_control is not None:
+        schemes.append(("pis", pis_control, partial(brownian_scheme, 1.0, sigma=2.0)))
     rows = ["| integrator | K | grid power | Δlog Z | ESS |", "|---|---|---|---|---|"]
     for integrator, control, make_scheme in schemes:
         for k in steps:
@@ -158,7 +179,7 @@ def floor_table(name: str, steps=(64, 128, 256), powers=(1.0, 2.0, 3.0), num=10_
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     name = argv[0] if argv else "gmm9"
-    print(f"Exact-score floor on {name} (OU horizon T = 4, 10,000 paths)")
+    print(f"Exact-control floor on {name} (OU horizon T = 4; PIS sigma = 2, T = 1; 10,000 paths)")
     print("\n".join(floor_table(name)))
 
 

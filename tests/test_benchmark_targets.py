@@ -227,11 +227,14 @@ def test_labels_and_settings_parsing():
         run_benchmark("gmm9", "bogus")
 
 
-@pytest.mark.parametrize("name", ["gmm9", "manywell5", "manywell50", "funnel10"])
-def test_exact_ou_scores_satisfy_steins_identity(name):
+@pytest.mark.parametrize("name, stationary_var", [("gmm9", 1.0), ("manywell5", 1.0),
+                                                   ("manywell50", 1.0), ("funnel10", 1.0),
+                                                   ("funnel10", 9.0)])
+def test_exact_ou_scores_satisfy_steins_identity(name, stationary_var):
     """The exact scores of p_t behind the discretisation floor and the regression check:
-    under y ~ p_t (exact draws pushed through the OU transition), E[s(y)] = 0 and
-    E[s(y) y^T] = -I (integration by parts), at a short and a long time."""
+    under y ~ p_t (exact draws pushed through the OU transition with stationary law
+    N(0, stationary_var I)), E[s(y)] = 0 and E[s(y) y^T] = -I (integration by parts), at a
+    short and a long time."""
     from numpyro_hjb.benchmarks.discretisation_floor import (
         manywell50_controls,
         funnel_score,
@@ -240,13 +243,15 @@ def test_exact_ou_scores_satisfy_steins_identity(name):
     )
 
     score = {"gmm9": gmm9_score, "manywell5": lambda: manywell_score(4.0),
-             "manywell50": lambda: manywell50_controls()[0], "funnel10": funnel_score}[name]()
+             "manywell50": lambda: manywell50_controls()[0],
+             "funnel10": lambda: funnel_score(stationary_var=stationary_var)}[name]()
     bench = get_target(name)
     n = 4000
     for t in (0.1, 1.0):
         x0 = bench.sample_exact(jax.random.PRNGKey(1), n)
         a = np.exp(-t)
-        y = a * x0 + np.sqrt(1 - a**2) * jax.random.normal(jax.random.PRNGKey(2), x0.shape)
+        y = a * x0 + np.sqrt(stationary_var * (1 - a**2)) * jax.random.normal(
+            jax.random.PRNGKey(2), x0.shape)
         s = np.asarray(score(y, t))
         y = np.asarray(y)
         cross = s.T @ y / n

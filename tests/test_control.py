@@ -37,11 +37,14 @@ def test_loss_decreases_on_a_tiny_problem(loss):
         assert end < start - 0.05, (start, end)
 
 
-@pytest.mark.parametrize("conditioning", ["time", "noise"])
-def test_untrained_control_gives_unbiased_evidence(conditioning):
-    """E_F[w] = Z for the zero-initialised (reference) and a randomly perturbed control."""
+@pytest.mark.parametrize("conditioning, ou_sigma", [("time", 1.0), ("noise", 1.0), ("noise", 2.0)])
+def test_untrained_control_gives_unbiased_evidence(conditioning, ou_sigma):
+    """E_F[w] = Z for the zero-initialised (reference) and a randomly perturbed control, also
+    with a wider reference N(0, ou_sigma^2 I)."""
     target = gaussian_target(log_z=0.4)
-    config = {**DEFAULTS, **TINY, "scheme": "dis", "num_steps": 16, "conditioning": conditioning}
+    config = {**DEFAULTS, **TINY, "scheme": "dis", "num_steps": 16, "conditioning": conditioning,
+              "ou_sigma": ou_sigma}
+    assert build_problem(target, config).scheme.final_var == pytest.approx(ou_sigma**2)
     params = init_control(jax.random.PRNGKey(0), 2, (32, 32))
     params = jax.tree_util.tree_map(
         lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params
@@ -129,14 +132,18 @@ def test_bad_settings_raise_clear_errors():
         fit(target, engine="dis", batch_size=0, progress_bar=False)
     with pytest.raises(ValueError, match="conditioning"):
         fit(target, engine="dds", conditioning="sigma", progress_bar=False)
+    with pytest.raises(ValueError, match="ou_sigma"):
+        fit(target, engine="dds", ou_sigma=0.0, progress_bar=False)
 
 
-@pytest.mark.parametrize("engine", ["dds", "pis"])
-def test_noise_conditioned_control_trains(engine):
-    """conditioning='noise' (features of log sigma_t, MLP / sigma_t): the LV loss falls and
-    the evidence estimate stays within its error bars of the exact log Z."""
+@pytest.mark.parametrize("engine, coordinate_hidden", [("dds", 0), ("pis", 0), ("dds", 8)])
+def test_noise_conditioned_control_trains(engine, coordinate_hidden):
+    """conditioning='noise' (features of log sigma_t, MLP / sigma_t), also with the
+    coordinate-wise networks: the LV loss falls and the evidence estimate stays within its
+    error bars of the exact log Z."""
     result = fit(gaussian_target(), engine=engine, loss="lv", conditioning="noise",
-                 progress_bar=False, **TINY)
+                 coordinate_hidden=coordinate_hidden, progress_bar=False, **TINY)
+    assert ("coord" in result.state["params"]) == (coordinate_hidden > 0)
     curve = result.history["loss"]
     assert np.all(np.isfinite(curve))
     assert curve[-20:].mean() < 0.5 * curve[:20].mean()
@@ -194,3 +201,22 @@ def test_score_regression_learns_the_exact_control():
     curve = np.asarray(trained["loss_curve"])
     assert np.all(np.isfinite(curve)) and curve[-20:].mean() < 0.3 * curve[:20].mean()
     assert trained["ess"] > 2 * untrained["ess"], (trained["ess"], untrained["ess"])
+
+
+def test_coordinate_networks_act_per_coordinate():
+    """The coordinate-wise term is zero at initialisation, and once its output layer is
+    perturbed, coordinate i of the control depends on y_i alone (diagonal Jacobian)."""
+    from numpyro_hjb.control.network import apply_control
+
+    dim = 4
+    params = init_control(jax.random.PRNGKey(0), dim, (16, 16), 8, coordinate_hidden=8)
+    y = jax.random.normal(jax.random.PRNGKey(1), (3, dim))
+    base = jnp.zeros_like(y)
+    assert np.all(np.asarray(apply_control(params, y, 0.3, base, 1.0, 8)) == 0.0)
+    (w_in, b_in), mid, (w_out, b_out) = params["coord"]
+    params["coord"] = [(w_in, b_in), mid,
+                       (jax.random.normal(jax.random.PRNGKey(2), w_out.shape), b_out)]
+    jac = jax.jacobian(lambda v: apply_control(params, v[None], 0.3, base[:1], 1.0, 8)[0])(y[0])
+    jac = np.asarray(jac)
+    assert np.all(np.abs(np.diag(jac)) > 1e-4)
+    np.testing.assert_array_equal(jac - np.diag(np.diag(jac)), 0.0)

@@ -28,23 +28,27 @@ def test_tempered_smc_gets_a_gaussian_right():
     np.testing.assert_allclose(np.std(particles, 0), SD, rtol=0.1)
 
 
-def test_control_targets_are_unbiased():
-    """With exact draws as particles, u* - y estimates the score of p_t: Stein's identity
-    E[s(y)] = 0 and E[s(y) y] = -1 per coordinate hold for the estimate, and its mean given
-    the time matches the closed-form Gaussian score."""
+@pytest.mark.parametrize("stationary_var", [1.0, 4.0])
+def test_control_targets_are_unbiased(stationary_var):
+    """With exact draws as particles, u* - y / sigma^2 estimates the score of p_t under the OU
+    reference N(0, sigma^2 I): Stein's identity E[s(y)] = 0 and E[s(y) y] = -1 per coordinate
+    hold for the estimate, and its mean given the time matches the closed-form Gaussian
+    score."""
     x0 = MEAN + SD * jax.random.normal(jax.random.PRNGKey(1), (200_000, 2))
     times = jnp.array([0.05, 0.5, 2.0])
-    ks, y, u_star = control_targets(jax.random.PRNGKey(2), times, log_rho, x0, 200_000)
-    s = np.asarray(u_star - y)
+    ks, y, u_star = control_targets(jax.random.PRNGKey(2), times, log_rho, x0, 200_000,
+                                    stationary_var=stationary_var)
+    s = np.asarray(u_star - y / stationary_var)
     y = np.asarray(y)
     n = len(s)
     assert np.all(np.abs(s.mean(0)) < 5 * s.std(0) / np.sqrt(n))
     assert np.all(np.abs((s * y).mean(0) + 1) < 5 * (s * y).std(0) / np.sqrt(n))
-    # regression on y within each time: the exact score is affine, -(y - a m) / (a^2 s^2 + 1 - a^2)
+    # regression on y within each time: the exact score is affine,
+    # -(y - a m) / (a^2 s^2 + sigma^2 (1 - a^2))
     for k in range(3):
         sel = np.asarray(ks) == k
         a = float(np.exp(-times[k]))
-        slope_exact = -1.0 / (a**2 * np.asarray(SD) ** 2 + 1 - a**2)
+        slope_exact = -1.0 / (a**2 * np.asarray(SD) ** 2 + stationary_var * (1 - a**2))
         for j in range(2):
             slope = np.polyfit(y[sel, j], s[sel, j], 1)[0]
             assert abs(slope / slope_exact[j] - 1) < 0.05, (k, j, slope, slope_exact[j])

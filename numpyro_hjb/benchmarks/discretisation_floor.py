@@ -105,16 +105,18 @@ def manywell50_controls(num_wells: int = 5, sigma: float = 2.0, horizon: float =
     return score, pis_control
 
 
-def funnel_score(scale: float = 3.0, grid: int = 4001, half_width: float = 8.0):
+def funnel_score(scale: float = 3.0, grid: int = 4001, half_width: float = 8.0,
+                 stationary_var: float = 1.0):
     """Score of the OU marginal p_t of Neal's funnel (x1 ~ N(0, scale^2), x_i | x1 ~
-    N(0, e^{x1})): quadrature over x1 on [-half_width, half_width] * scale; the target score
-    below t = 1e-3, where the x1-integrand is narrower than the grid."""
+    N(0, e^{x1})) under the OU reference with stationary law N(0, stationary_var I):
+    quadrature over x1 on [-half_width, half_width] * scale; the target score below
+    t = 1e-3, where the x1-integrand is narrower than the grid."""
     x1s = jnp.linspace(-half_width * scale, half_width * scale, grid)
     log_prior = -0.5 * (x1s / scale) ** 2
 
     def log_pt(y, t):
         a = jnp.exp(-t)
-        v = -jnp.expm1(-2.0 * t)
+        v = -stationary_var * jnp.expm1(-2.0 * t)
         var_rest = a**2 * jnp.exp(x1s) + v  # (grid,)
         k = y.shape[0] - 1
         terms = (

@@ -62,7 +62,9 @@ DEFAULTS: dict = {
     "grid_power": 2.0,  # t_k = T (1 - k/K)^power, every scheme (fit format 1: PIS uniform)
     "integrator": None,  # dis: "em", dds: "ei"
     "pis_sigma": 2.0,
+    "ou_sigma": 1.0,  # dis, dds: the reference's stationary law is N(0, ou_sigma^2 I)
     "hidden": (64, 64),
+    "coordinate_hidden": 0,  # > 0: add a network of (y_i, t) per coordinate i (its width)
     "num_time_features": 16,
     "conditioning": "time",  # "time": features of t / T; "noise": of log sigma_t, MLP / sigma_t
     "learning_rate": 3e-3,
@@ -101,7 +103,9 @@ def make_scheme(config: dict) -> PathScheme:
     if scheme not in ("dis", "dds"):
         raise ValueError(f"scheme must be 'dis', 'dds' or 'pis', got {scheme!r}")
     integrator = config["integrator"] or ("em" if scheme == "dis" else "ei")
-    return ou_scheme(_horizon(config), config["num_steps"], integrator, power)
+    # .get: fits saved before the setting existed ran with sigma = 1
+    sigma = float(config.get("ou_sigma", 1.0))
+    return ou_scheme(_horizon(config), config["num_steps"], integrator, power, sigma)
 
 
 def build_problem(target: Target, config: dict, batch_size: int | None = None) -> Problem:
@@ -147,12 +151,14 @@ def build_problem(target: Target, config: dict, batch_size: int | None = None) -
 
 
 def _noise_level_fn(config: dict):
-    """sigma_t, the reference's noise between time t and the data end: sqrt(1 - e^{-2t}) for
-    the OU schemes, pis_sigma sqrt(t) for PIS (the std of X_0 given X_t under the reference)."""
+    """sigma_t, the reference's noise between time t and the data end: ou_sigma sqrt(1 -
+    e^{-2t}) for the OU schemes, pis_sigma sqrt(t) for PIS (the std of X_0 given X_t under the
+    reference)."""
     if config["scheme"] == "pis":
         sigma = float(config["pis_sigma"])
         return lambda t: sigma * jnp.sqrt(t)
-    return lambda t: jnp.sqrt(ou_transition(t)[1])
+    sigma = float(config.get("ou_sigma", 1.0))
+    return lambda t: sigma * jnp.sqrt(ou_transition(t)[1])
 
 
 def _interp_ascending(t: jax.Array, xs: jax.Array, ys: jax.Array) -> jax.Array:
@@ -180,14 +186,17 @@ def _validate(config: dict) -> None:
     for name in ("num_iterations", "batch_size", "num_steps", "log_every"):
         if int(config[name]) < 1:
             raise ValueError(f"{name} must be a positive integer, got {config[name]}")
-    if not float(config["grid_power"]) > 0:
-        raise ValueError(f"grid_power must be > 0, got {config['grid_power']}")
+    for name in ("grid_power", "ou_sigma", "pis_sigma"):
+        if not float(config[name]) > 0:
+            raise ValueError(f"{name} must be > 0, got {config[name]}")
     if config["conditioning"] not in ("time", "noise"):
         raise ValueError(
             f"conditioning must be 'time' or 'noise', got {config['conditioning']!r}"
         )
     if config["warm_start"] not in (None, "smc"):
         raise ValueError(f"warm_start must be None or 'smc', got {config['warm_start']!r}")
+    if int(config["coordinate_hidden"]) < 0:
+        raise ValueError(f"coordinate_hidden must be >= 0, got {config['coordinate_hidden']}")
     for name in ("warm_start_iterations", "warm_start_batch_size", "smc_particles"):
         if int(config[name]) < 1:
             raise ValueError(f"{name} must be a positive integer, got {config[name]}")
@@ -229,7 +238,8 @@ def fit(
     )
     key_init, key_train = jax.random.split(rng_key)
     params = init_control(
-        key_init, target.dim, tuple(config["hidden"]), int(config["num_time_features"])
+        key_init, target.dim, tuple(config["hidden"]), int(config["num_time_features"]),
+        int(config["coordinate_hidden"]),
     )
     if init_state is not None:
         init_params = init_state["params"]

@@ -18,6 +18,16 @@ as in noise-conditional score networks: the score of p_t grows like 1 / sigma_t 
 modes separate, and log sigma_t resolves the short times that t / T crowds together. Below
 sigma = 0.05 the gated target score carries the steep part.
 
+Coordinate-wise term (``coordinate_hidden`` = h > 0): every coordinate i also gets a small
+network of its own value and the time features alone, added to the MLP output,
+
+    u_theta(y, t)_i += c_theta,i(y_i, e(t)),    c_theta,i: [1 + E] -> h -> h -> 1 (output zero),
+
+the additive ("mean-field") part of the control. For a product target the optimal control is
+exactly of this form, and in high dimension the joint MLP learns such one-coordinate functions
+slowly, because each of its hidden units mixes every input (docs/benchmarks_notes.md,
+manywell50).
+
 Parameters are a plain pytree of arrays ({"net": [(W, b), ...], "gate": [(W, b), ...]}),
 which keeps save/load to ``.npz`` trivial.
 """
@@ -61,16 +71,46 @@ def _apply_mlp(layers, x: Array) -> Array:
     return x @ w + b
 
 
+def _init_coordinate_nets(rng_key: Array, dim: int, n_emb: int, width: int) -> list:
+    """d independent networks [y_i, e] -> width -> width -> 1, weights stacked on axis 0."""
+    keys = jax.random.split(rng_key, 3)
+    w_in = jax.random.normal(keys[0], (dim, 1 + n_emb, width)) * jnp.sqrt(1.0 / (1 + n_emb))
+    w_mid = jax.random.normal(keys[1], (dim, width, width)) * jnp.sqrt(1.0 / width)
+    return [
+        (w_in, jnp.zeros((dim, width))),
+        (w_mid, jnp.zeros((dim, width))),
+        (jnp.zeros((dim, width)), jnp.zeros(dim)),
+    ]
+
+
+def _apply_coordinate_nets(layers, y: Array, emb: Array) -> Array:
+    """(B, d): network i applied to (y[:, i], emb)."""
+    (w_in, b_in), (w_mid, b_mid), (w_out, b_out) = layers
+    h = y[:, :, None] * w_in[None, :, 0, :] + (emb @ w_in[:, 1:, :] + b_in)[None]
+    h = jax.nn.gelu(h)
+    h = jax.nn.gelu(jnp.einsum("bdh,dhk->bdk", h, w_mid) + b_mid[None])
+    return jnp.einsum("bdh,dh->bd", h, w_out) + b_out
+
+
 def init_control(
-    rng_key: Array, dim: int, hidden: tuple[int, ...] = (64, 64), num_time_features: int = 16
+    rng_key: Array,
+    dim: int,
+    hidden: tuple[int, ...] = (64, 64),
+    num_time_features: int = 16,
+    coordinate_hidden: int = 0,
 ) -> dict:
-    """Parameters of u_theta with zero-initialised output layers."""
+    """Parameters of u_theta with zero-initialised output layers (and the coordinate-wise
+    networks when ``coordinate_hidden`` > 0)."""
     n_emb = 1 + 2 * (num_time_features // 2)
     k_net, k_gate = jax.random.split(rng_key)
-    return {
+    params = {
         "net": _init_mlp(k_net, [dim + n_emb, *hidden, dim], zero_last=True),
         "gate": _init_mlp(k_gate, [n_emb, hidden[0], 2 * dim], zero_last=True),
     }
+    if coordinate_hidden > 0:
+        k_coord = jax.random.fold_in(rng_key, 3)
+        params["coord"] = _init_coordinate_nets(k_coord, dim, n_emb, int(coordinate_hidden))
+    return params
 
 
 def apply_control(
@@ -93,6 +133,8 @@ def apply_control(
     inp = jnp.concatenate([y, jnp.broadcast_to(emb, (y.shape[0], emb.shape[0]))], axis=1)
     gate_score, gate_y = jnp.split(_apply_mlp(params["gate"], emb), 2)
     out = _apply_mlp(params["net"], inp)
+    if "coord" in params:
+        out = out + _apply_coordinate_nets(params["coord"], y, emb)
     if noise_level is not None:
         out = out / jnp.maximum(noise_level, SIGMA_FLOOR).astype(y.dtype)
     return out + gate_score * base + gate_y * y

@@ -59,14 +59,17 @@ def _draw(rng_key: jax.Array, step_times: jax.Array, log_density, particles: jax
 
 
 def control_targets(rng_key: jax.Array, step_times: jax.Array, log_density, particles: jax.Array,
-                    batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """A batch of (step index k, y ~ p_{t_k}, unbiased estimate of u*(y, t_k)) from particles."""
+                    batch_size: int, stationary_var: float = 1.0
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A batch of (step index k, y ~ p_{t_k}, unbiased estimate of u*(y, t_k)) from particles,
+    for the OU reference with stationary law N(0, stationary_var I): y = a x0 + sigma eps with
+    sigma^2 = stationary_var (1 - a^2), and u* = grad log p_t(y) + y / stationary_var."""
     ks, t, x0, eps, score0 = _draw(rng_key, step_times, log_density, particles, batch_size)
     a, var = ou_transition(t)
-    sigma = jnp.sqrt(var)
+    sigma = jnp.sqrt(stationary_var * var)
     y = a * x0 + sigma * eps
     kappa = a**2
-    return ks, y, kappa * score0 / a - (1.0 - kappa) * eps / sigma + y
+    return ks, y, kappa * score0 / a - (1.0 - kappa) * eps / sigma + y / stationary_var
 
 
 def brownian_control_targets(rng_key: jax.Array, step_times: jax.Array, log_density,
@@ -132,7 +135,7 @@ def regress_on_particles(params, rng_key: jax.Array, problem: Problem, particles
     particles = jax.lax.stop_gradient(jnp.asarray(particles, jnp.float32))
     step_times = problem.scheme.times[:-1]
     if pis_sigma is None:
-        targets = control_targets
+        targets = partial(control_targets, stationary_var=float(problem.scheme.final_var))
     else:
         targets = partial(brownian_control_targets, sigma=float(pis_sigma),
                           horizon=float(problem.scheme.times[0]))

@@ -290,3 +290,18 @@ def test_manywell_pis_control_matches_the_bridge_estimates(name):
             diff = (uk - hk) * g
             se = diff.std(0) / np.sqrt(len(diff))
             assert np.all(np.abs(diff.mean(0)) < 5 * se + 1e-3), (k, diff.mean(0), se)
+
+
+def test_training_curve_keeps_block_means():
+    """The bench row's training curve: block means over at most max_points blocks, ignoring
+    non-finite values, ending at the last iteration."""
+    from numpyro_hjb.benchmarks.runner import training_curve
+
+    loss = np.arange(1000, dtype=float)
+    loss[3] = np.nan
+    curve = training_curve({"loss": loss, "ess": np.ones(1000)}, max_points=200)
+    assert curve["iteration"][-1] == 1000 and len(curve["iteration"]) == 200
+    assert curve["loss"][0] == pytest.approx(np.mean([0, 1, 2, 4]))
+    assert curve["loss"][-1] == pytest.approx(np.mean(np.arange(995, 1000)))
+    assert curve["ess"] == [1.0] * 200
+    assert training_curve({}) == {}

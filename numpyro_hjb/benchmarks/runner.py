@@ -276,6 +276,7 @@ def run_benchmark(
         "num_samples": int(num_samples) if engine not in PEERS else None,
         "grad_evals": run.get("grad_evals"),
         "config": run.get("config", {}),
+        "curve": training_curve(run["history"]),
         "extra": {k: run[k] for k in ("num_divergences", "num_temperatures", "num_dropped",
                                        "propose_compile_s", "num_target_evals", "scale_search")
                   if run.get(k) is not None},
@@ -287,6 +288,24 @@ def run_benchmark(
         plot_run(os.path.join(figure_dir, f"{target.name}_{safe}.png"), target,
                  run["samples"], exact, run["history"], title=f"{target.name} {method}")
     return _to_json(row)
+
+
+def training_curve(history: dict | None, max_points: int = 200) -> dict:
+    """The training history as block means over at most ``max_points`` blocks per series
+    (non-finite entries ignored), with the iteration each block ends at: kept in the JSON
+    so that a fit that degrades or collapses can be diagnosed from its row."""
+    if not history or "loss" not in history or len(history["loss"]) == 0:
+        return {}
+    n = len(history["loss"])
+    edges = np.unique(np.linspace(0, n, min(n, max_points) + 1).astype(int))
+    out = {"iteration": [int(e) for e in edges[1:]]}
+    for name, series in history.items():
+        series = np.asarray(series, dtype=float)
+        if series.shape != (n,):
+            continue
+        blocks = [series[a:b][np.isfinite(series[a:b])] for a, b in zip(edges[:-1], edges[1:])]
+        out[name] = [float(b.mean()) if b.size else None for b in blocks]
+    return out
 
 
 def run_seeds(target_name: str, engine: str, seeds: Sequence[int], **kwargs) -> dict:
@@ -313,7 +332,9 @@ def aggregate_rows(rows: Sequence[dict]) -> dict:
     out["log_z_se"] = float(np.std(lz, ddof=1)) if len(lz) == len(rows) else None
     out["log_z_se_kind"] = "seed std"
     out["seeds"] = [s for r in rows for s in r["seeds"]]
-    out["per_seed"] = [{k: r.get(k) for k in ("seeds", *_MEAN_KEYS, "log_z_se")} for r in rows]
+    out["per_seed"] = [{k: r.get(k) for k in ("seeds", *_MEAN_KEYS, "log_z_se", "curve")}
+                       for r in rows]
+    out.pop("curve", None)
     return out
 
 

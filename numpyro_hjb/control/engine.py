@@ -103,9 +103,12 @@ def make_scheme(config: dict) -> PathScheme:
     if scheme not in ("dis", "dds"):
         raise ValueError(f"scheme must be 'dis', 'dds' or 'pis', got {scheme!r}")
     integrator = config["integrator"] or ("em" if scheme == "dis" else "ei")
+    return ou_scheme(_horizon(config), config["num_steps"], integrator, power, _ou_sigma(config))
+
+
+def _ou_sigma(config: dict) -> float:
     # .get: fits saved before the setting existed ran with sigma = 1
-    sigma = float(config.get("ou_sigma", 1.0))
-    return ou_scheme(_horizon(config), config["num_steps"], integrator, power, sigma)
+    return float(config.get("ou_sigma", 1.0))
 
 
 def build_problem(target: Target, config: dict, batch_size: int | None = None) -> Problem:
@@ -157,7 +160,7 @@ def _noise_level_fn(config: dict):
     if config["scheme"] == "pis":
         sigma = float(config["pis_sigma"])
         return lambda t: sigma * jnp.sqrt(t)
-    sigma = float(config.get("ou_sigma", 1.0))
+    sigma = _ou_sigma(config)
     return lambda t: sigma * jnp.sqrt(ou_transition(t)[1])
 
 

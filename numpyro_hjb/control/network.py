@@ -28,7 +28,8 @@ exactly of this form, and in high dimension the joint MLP learns such one-coordi
 slowly, because each of its hidden units mixes every input (docs/benchmarks_notes.md,
 manywell50).
 
-Parameters are a plain pytree of arrays ({"net": [(W, b), ...], "gate": [(W, b), ...]}),
+Parameters are a plain pytree of arrays ({"net": [(W, b), ...], "gate": [(W, b), ...]}, and
+"coord" with the coordinate networks' weights stacked over coordinates),
 which keeps save/load to ``.npz`` trivial.
 """
 

@@ -2,7 +2,9 @@
 
 Given particles x0 ~ rho (here from adaptive tempered SMC, :mod:`numpyro_hjb.smc`), the
 network u_theta is regressed on an unbiased estimate of the optimal control of the OU
-schemes, u* = grad log p_t(y) + y. With y = a x0 + sigma eps (a = e^{-t}, sigma^2 = 1 - a^2)
+schemes, u* = grad log p_t(y) + y (reference N(0, I); with ``ou_sigma`` s the last term is
+y / s^2 and sigma^2 below is s^2 (1 - a^2)). With y = a x0 + sigma eps (a = e^{-t}, sigma^2 =
+1 - a^2)
 
     grad log p_t(y) = E[kappa grad log rho(X_0) / a - (1 - kappa) eps / sigma | X_t = y]
 

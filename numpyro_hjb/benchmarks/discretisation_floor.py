@@ -57,6 +57,11 @@ def _posterior_mean_1d(xs, log_prior, y, a, v):
     return jnp.sum(jax.nn.softmax(logits, axis=1) * xs[None, :], 1).reshape(y.shape)
 
 
+def _well_score(y, delta):
+    """grad log of one well, exp(-(y^2 - delta)^2)."""
+    return -4.0 * y * (y**2 - delta)
+
+
 def manywell_score(delta: float, grid: int = 2001, half_width: float = 4.0):
     xs = jnp.linspace(-half_width, half_width, grid)
     log_rho_1d = -((xs**2 - delta) ** 2)
@@ -65,8 +70,8 @@ def manywell_score(delta: float, grid: int = 2001, half_width: float = 4.0):
         a = jnp.exp(-t)
         v = jnp.maximum(1.0 - a**2, 1e-12)
         s_quad = (a * _posterior_mean_1d(xs, log_rho_1d, y, a, v) - y) / v
-        s_exact0 = -4.0 * y * (y**2 - delta)  # the target score, where quadrature can't resolve
-        return jnp.where(t < 1e-3, s_exact0, s_quad)
+        # the target score itself where the quadrature can't resolve the kernel
+        return jnp.where(t < 1e-3, _well_score(y, delta), s_quad)
 
     return score
 
@@ -83,7 +88,7 @@ def manywell_pis_control(delta: float, sigma: float = 2.0, horizon: float = 1.0,
     def control(y, t):
         v = jnp.maximum(sigma**2 * t, 1e-12)
         u_quad = (_posterior_mean_1d(xs, log_f, y, 1.0, v) - y) / v
-        return jnp.where(t < 1e-4, -4.0 * y * (y**2 - delta) + y / var_end, u_quad)
+        return jnp.where(t < 1e-4, _well_score(y, delta) + y / var_end, u_quad)
 
     return control
 

@@ -220,3 +220,41 @@ def test_coordinate_networks_act_per_coordinate():
     jac = np.asarray(jac)
     assert np.all(np.abs(np.diag(jac)) > 1e-4)
     np.testing.assert_array_equal(jac - np.diag(np.diag(jac)), 0.0)
+
+
+def test_state_gate_multiplies_the_score_feature_by_a_function_of_the_state():
+    """score_gate='state': the control is affine in the score feature with a coefficient that
+    depends on y (once the zero-initialised head is perturbed), and the head gets a gradient
+    at initialisation, so training can move it."""
+    from numpyro_hjb.control.network import apply_control
+
+    dim = 3
+    params = init_control(jax.random.PRNGKey(0), dim, (16, 16), 8, state_gate=True)
+    y = jax.random.normal(jax.random.PRNGKey(1), (2, dim))
+    base = jnp.ones_like(y)
+    assert np.all(np.asarray(apply_control(params, y, 0.3, base, 1.0, 8)) == 0.0)
+
+    def head_loss(w):
+        p = {**params, "state_gate": (w, params["state_gate"][1])}
+        return jnp.sum(apply_control(p, y, 0.3, base, 1.0, 8))
+
+    assert float(jnp.max(jnp.abs(jax.grad(head_loss)(params["state_gate"][0])))) > 1e-3
+    w_g = jax.random.normal(jax.random.PRNGKey(2), params["state_gate"][0].shape)
+    params["state_gate"] = (w_g, params["state_gate"][1])
+    u0 = apply_control(params, y, 0.3, 0.0 * base, 1.0, 8)
+    coef = apply_control(params, y, 0.3, base, 1.0, 8) - u0
+    np.testing.assert_allclose(apply_control(params, y, 0.3, 2.5 * base, 1.0, 8) - u0,
+                               2.5 * coef, rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(coef[0] - coef[1]))) > 1e-3  # differs between the two states
+
+
+def test_state_gated_control_trains_and_stays_unbiased():
+    result = fit(gaussian_target(), engine="dds", loss="lv", score_gate="state",
+                 progress_bar=False, **TINY)
+    assert "state_gate" in result.state["params"]
+    curve = result.history["loss"]
+    assert np.all(np.isfinite(curve)) and curve[-20:].mean() < 0.5 * curve[:20].mean()
+    est = result.log_evidence(jax.random.PRNGKey(3), num_samples=20_000)
+    assert abs(est.log_z - 0.4) < 4 * est.log_z_se + 1e-3, est
+    with pytest.raises(ValueError, match="score_gate"):
+        fit(gaussian_target(), engine="dds", score_gate="space", progress_bar=False)

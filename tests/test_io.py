@@ -16,9 +16,10 @@ from numpyro_hjb.target import make_target
 
 
 Y = jnp.array([0.3, -0.1, 0.8, 0.5, 0.2, 0.6])
-# coordinate networks and a wider reference: both must survive the round trip
+# coordinate networks, the state-dependent score gate and a wider reference: all must survive
+# the round trip
 SETTINGS = dict(num_iterations=50, batch_size=64, num_steps=32, hidden=(32, 32),
-                coordinate_hidden=4, ou_sigma=1.5)
+                coordinate_hidden=4, score_gate="state", ou_sigma=1.5)
 
 
 def model(y=None):

@@ -65,6 +65,7 @@ DEFAULTS: dict = {
     "ou_sigma": 1.0,  # dis, dds: the reference's stationary law is N(0, ou_sigma^2 I)
     "hidden": (64, 64),
     "coordinate_hidden": 0,  # > 0: add a network of (y_i, t) per coordinate i (its width)
+    "score_gate": "time",  # gate on the score feature: "time" g(t), or "state" g(t) + G(y, t)
     "num_time_features": 16,
     "conditioning": "time",  # "time": features of t / T; "noise": of log sigma_t, MLP / sigma_t
     "learning_rate": 3e-3,
@@ -196,6 +197,10 @@ def _validate(config: dict) -> None:
         raise ValueError(
             f"conditioning must be 'time' or 'noise', got {config['conditioning']!r}"
         )
+    if config.get("score_gate", "time") not in ("time", "state"):
+        raise ValueError(
+            f"score_gate must be 'time' or 'state', got {config['score_gate']!r}"
+        )
     if config["warm_start"] not in (None, "smc"):
         raise ValueError(f"warm_start must be None or 'smc', got {config['warm_start']!r}")
     if int(config["coordinate_hidden"]) < 0:
@@ -242,7 +247,7 @@ def fit(
     key_init, key_train = jax.random.split(rng_key)
     params = init_control(
         key_init, target.dim, tuple(config["hidden"]), int(config["num_time_features"]),
-        int(config["coordinate_hidden"]),
+        int(config["coordinate_hidden"]), state_gate=config.get("score_gate") == "state",
     )
     if init_state is not None:
         init_params = init_state["params"]

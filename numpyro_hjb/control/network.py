@@ -28,8 +28,21 @@ exactly of this form, and in high dimension the joint MLP learns such one-coordi
 slowly, because each of its hidden units mixes every input (docs/benchmarks_notes.md,
 manywell50).
 
-Parameters are a plain pytree of arrays ({"net": [(W, b), ...], "gate": [(W, b), ...]}, and
-"coord" with the coordinate networks' weights stacked over coordinates),
+State-dependent score gate (``state_gate=True``): the gate on the score feature becomes
+
+    g_theta(t) + G_theta(y, t),    G_theta = (last hidden layer of the MLP) @ W_G + b_G,
+
+a second, zero-initialised output head on the MLP's last hidden layer. The score of p_t is not
+a time-only multiple of the target score wherever the target's local scale varies with the
+state: for the funnel, given x_1, the score of p_t in x_i is the target's times
+e^{x_1} / (e^{x_1} e^{-2t} + sigma_t^2), near 1 in the mouth and near 0 in the neck, and the
+x_1 component of the target score there pushes paths out of the neck. A time-only gate has to
+pick one value for both; the state-dependent gate can follow the ratio, a bounded and smooth
+function of (y, t), instead of asking the MLP to cancel a term that grows like e^{-x_1}.
+
+Parameters are a plain pytree of arrays ({"net": [(W, b), ...], "gate": [(W, b), ...]},
+"state_gate": (W_G, b_G) when enabled, and "coord" with the coordinate networks' weights
+stacked over coordinates),
 which keeps save/load to ``.npz`` trivial.
 """
 
@@ -65,11 +78,16 @@ def _init_mlp(key: Array, sizes: list[int], zero_last: bool) -> list[tuple[Array
     return layers
 
 
-def _apply_mlp(layers, x: Array) -> Array:
+def _apply_hidden(layers, x: Array) -> Array:
+    """The MLP up to (and including) its last hidden layer."""
     for w, b in layers[:-1]:
         x = jax.nn.gelu(x @ w + b)
+    return x
+
+
+def _apply_mlp(layers, x: Array) -> Array:
     w, b = layers[-1]
-    return x @ w + b
+    return _apply_hidden(layers, x) @ w + b
 
 
 def _init_coordinate_nets(rng_key: Array, dim: int, n_emb: int, width: int) -> list:
@@ -100,9 +118,11 @@ def init_control(
     hidden: tuple[int, ...] = (64, 64),
     num_time_features: int = 16,
     coordinate_hidden: int = 0,
+    state_gate: bool = False,
 ) -> dict:
     """Parameters of u_theta with zero-initialised output layers (and the coordinate-wise
-    networks when ``coordinate_hidden`` > 0)."""
+    networks when ``coordinate_hidden`` > 0, the state-dependent gate head when
+    ``state_gate``)."""
     n_emb = 1 + 2 * (num_time_features // 2)
     k_net, k_gate = jax.random.split(rng_key)
     params = {
@@ -112,6 +132,8 @@ def init_control(
     if coordinate_hidden > 0:
         k_coord = jax.random.fold_in(rng_key, 3)
         params["coord"] = _init_coordinate_nets(k_coord, dim, n_emb, int(coordinate_hidden))
+    if state_gate:
+        params["state_gate"] = (jnp.zeros((hidden[-1], dim)), jnp.zeros(dim))
     return params
 
 
@@ -134,7 +156,12 @@ def apply_control(
     emb = emb.astype(y.dtype)
     inp = jnp.concatenate([y, jnp.broadcast_to(emb, (y.shape[0], emb.shape[0]))], axis=1)
     gate_score, gate_y = jnp.split(_apply_mlp(params["gate"], emb), 2)
-    out = _apply_mlp(params["net"], inp)
+    hidden = _apply_hidden(params["net"], inp)
+    w_out, b_out = params["net"][-1]
+    out = hidden @ w_out + b_out
+    if "state_gate" in params:
+        w_g, b_g = params["state_gate"]
+        gate_score = gate_score + hidden @ w_g + b_g
     if "coord" in params:
         out = out + _apply_coordinate_nets(params["coord"], y, emb)
     if noise_level is not None:

@@ -198,6 +198,9 @@ def test_write_results_upserts(tmp_path):
     stored = write_results([], out)
     assert len(stored) == 2
     assert [r["delta_log_z"] for r in stored if r["method"] == "DIS-LV"] == [0.25]
+    # another seed of the same settings is a row of its own, not a replacement
+    stored = write_results([dict(_row("gmm9", "DIS-LV", "defaults", 0.75), seeds=[1])], out)
+    assert [r["delta_log_z"] for r in stored if r["method"] == "DIS-LV"] == [0.25, 0.75]
     text = (tmp_path / "b.md").read_text()
     assert "| gmm9 | DIS-LV | defaults | 0.250 ± 0.010 |" in text
     assert "| gmm9 | SMC | defaults | – |" in text

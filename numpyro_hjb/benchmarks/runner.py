@@ -413,7 +413,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 
 def _key(row: dict) -> tuple:
-    return (row["target"], row["method"], row["settings"])
+    # The seeds belong to the key: a run on another seed adds a row instead of replacing one.
+    return (row["target"], row["method"], row["settings"], tuple(row.get("seeds", [0])))
 
 
 def _header(rows: Sequence[dict]) -> str:
@@ -442,7 +443,7 @@ def _header(rows: Sequence[dict]) -> str:
 
 
 def write_results(rows: Sequence[dict], path: str = "docs/benchmarks.md") -> list[dict]:
-    """Upsert ``rows`` into ``<path stem>.json`` (key: target, method, settings) and
+    """Upsert ``rows`` into ``<path stem>.json`` (key: target, method, settings, seeds) and
     regenerate the markdown table at ``path`` from it. Returns all stored rows."""
     json_path = os.path.splitext(path)[0] + ".json"
     stored: list[dict] = []
@@ -457,7 +458,7 @@ def write_results(rows: Sequence[dict], path: str = "docs/benchmarks.md") -> lis
         else:
             index[_key(row)] = len(stored)
             stored.append(row)
-    stored.sort(key=lambda r: (r["target"], r["method"], r["settings"]))
+    stored.sort(key=lambda r: (r["target"], r["method"], r["settings"], r.get("seeds", [0])))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(json_path, "w") as f:
         json.dump(stored, f, indent=1, ensure_ascii=False)

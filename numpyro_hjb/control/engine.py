@@ -197,7 +197,7 @@ def _validate(config: dict) -> None:
         raise ValueError(
             f"conditioning must be 'time' or 'noise', got {config['conditioning']!r}"
         )
-    if config.get("score_gate", "time") not in ("time", "state"):
+    if config["score_gate"] not in ("time", "state"):
         raise ValueError(
             f"score_gate must be 'time' or 'state', got {config['score_gate']!r}"
         )
@@ -247,7 +247,7 @@ def fit(
     key_init, key_train = jax.random.split(rng_key)
     params = init_control(
         key_init, target.dim, tuple(config["hidden"]), int(config["num_time_features"]),
-        int(config["coordinate_hidden"]), state_gate=config.get("score_gate") == "state",
+        int(config["coordinate_hidden"]), state_gate=config["score_gate"] == "state",
     )
     if init_state is not None:
         init_params = init_state["params"]

@@ -1,20 +1,22 @@
 """numpyro_hjb: diffusion samplers and evidence estimators for NumPyro models.
 
-Two engines share one idea (DESIGN.md): the log density of an OU process started at the
-posterior solves an HJB equation, and its gradient drives a reverse-time SDE from N(0, I)
-to the posterior.
+Engines (``numpyro_hjb.base.engine_names()``), all sharing one idea (docs/design.md): the log
+density of a diffusion started at the posterior solves an HJB equation, and its gradient
+drives a reverse-time SDE from a Gaussian to the posterior.
 
 * learned control (``engine="dis" | "dds" | "pis"``): a network drift trained on simulated
   paths with the KL or log-variance loss;
 * tensor-train HJB (``engine="tt"``): the HJB equation integrated directly in time.
 """
 
-from .api import Draws, FitResult, fit
-from .evidence import EvidenceEstimate, estimate_evidence
+from . import control  # noqa: F401  (registers the engines)
+from .api import DEFAULT_ENGINE, Draws, FitResult, fit, log_evidence
+from .base import ENGINES, Engine, engine_names, get_engine
+from .evidence import EvidenceEstimate, UnreliableResultError, UnreliableResultWarning, estimate_evidence
 from .inference_data import to_inference_data
 from .io import load_fit, save_fit
-from .kernel import DDS, DIS, PIS, TTHJB
-from .model_evidence import log_evidence
+from .mcmc import DDS, DIS, PIS, TTHJB
+from .settings import InvalidSettingError, UnknownSettingError
 from .target import Target, make_target, whiten
 
 __all__ = [
@@ -31,8 +33,17 @@ __all__ = [
     "Draws",
     "EvidenceEstimate",
     "estimate_evidence",
+    "UnreliableResultWarning",
+    "UnreliableResultError",
+    "UnknownSettingError",
+    "InvalidSettingError",
     "Target",
     "make_target",
     "whiten",
+    "Engine",
+    "ENGINES",
+    "engine_names",
+    "get_engine",
+    "DEFAULT_ENGINE",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,11 +1,9 @@
-"""Command line: ``python -m numpyro_hjb {bench,demo} ...``.
+"""Command line: ``python -m numpyro_hjb {demo,bench} ...``.
 
-Examples::
-
-    python -m numpyro_hjb bench --engine dis --loss lv --target gmm9 --set num_iterations=2000
-    python -m numpyro_hjb bench --engine smc --target all --seeds 3
-    python -m numpyro_hjb bench --engine nuts --target manywell5 --out /tmp/b.md
-    python -m numpyro_hjb demo --engine dis
+* ``demo``: fit the default engine to a bundled model with a closed-form posterior and
+  evidence, print the posterior summary and log Z against the truth (:mod:`numpyro_hjb.demo`).
+* ``bench``: the benchmark runner. It lives in the top-level ``benchmarks/`` folder of a
+  checkout, which is not installed with the package; run it from the checkout.
 """
 
 from __future__ import annotations
@@ -14,123 +12,47 @@ import argparse
 import os
 import sys
 
-__all__ = ["main", "build_parser", "parse_value", "parse_settings"]
-
-#: ``--target all`` runs these
-ALL_TARGETS = ("gmm9", "manywell5", "funnel10", "manywell50")
-
-
-def parse_value(text: str):
-    """'3' -> 3, '0.1' -> 0.1, 'true'/'false' -> bool, 'none' -> None, '64,64' or '(64, 64)'
-    -> (64, 64), anything else stays a string."""
-    text = text.strip()
-    if len(text) > 1 and text[0] + text[-1] in ("()", "[]"):
-        text = text[1:-1] + ","
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    if "," in text:
-        return tuple(parse_value(t) for t in text.split(",") if t.strip())
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_settings(items) -> dict:
-    """['key=value', ...] -> {key: parsed value}; ValueError naming ``--set`` otherwise."""
-    out = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        if not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = parse_value(value)
-    return out
+__all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m numpyro_hjb", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m numpyro_hjb", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    bench = sub.add_parser("bench", help="run a sampler on benchmark targets and publish a row")
-    bench.add_argument("--engine", required=True,
-                       help="dis, dds, pis, tt (numpyro_hjb engines) or nuts, smc (peers)")
-    bench.add_argument("--loss", default=None, help="kl or lv (learned engines dis/dds/pis)")
-    bench.add_argument("--target", required=True,
-                       help="gmm9, funnel10, manywell5, manywell50, manywell20, gauss{d}, "
-                            f"or 'all' ({', '.join(ALL_TARGETS)})")
-    bench.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    bench.add_argument("--seeds", type=int, default=1,
-                       help="number of seeds, seed..seed+n-1, averaged into one row")
-    bench.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                       help="engine setting passed to numpyro_hjb.fit (repeatable)")
-    bench.add_argument("--num-samples", type=int, default=10_000,
-                       help="proposals for the timing and log Z (default 10000)")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bench.add_argument("--out", default="docs/benchmarks.md",
-                       help="markdown table to update (JSON kept next to it); figures go to "
-                            "<dir of out>/img/")
-    bench.add_argument("--no-write", action="store_true", help="print the rows only")
-
     demo = sub.add_parser("demo", help="a short demonstration (numpyro_hjb.demo)")
-    demo.add_argument("--engine", default="dds", help="engine to demonstrate (default dds)")
+    demo.add_argument("--engine", default=None, help="engine to demonstrate (default: the default engine)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--out", default="demo.png", help="plot path (default demo.png)")
+    sub.add_parser("bench", help="benchmarks (from a checkout; see python -m numpyro_hjb bench -h)",
+                   add_help=False)
     return parser
 
 
-def _bench(args) -> int:
-    from .benchmarks.runner import LEARNED_ENGINES, markdown_table, run_seeds, write_results
+def _benchmarks_cli():
+    """``benchmarks.cli`` of the checkout this package was installed from (editable)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "benchmarks", "cli.py")):
+        raise SystemExit(
+            "python -m numpyro_hjb bench needs a checkout of the repository: the benchmarks/ "
+            "folder is not installed with the package (pip install -e . from the checkout)"
+        )
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import cli
 
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    config = parse_settings(args.settings)
-    if args.loss is not None:
-        if args.engine not in LEARNED_ENGINES:
-            raise ValueError(
-                f"--loss applies to the learned engines {LEARNED_ENGINES}, not {args.engine!r}"
-            )
-        config["loss"] = args.loss
-    targets = ALL_TARGETS if args.target == "all" else (args.target,)
-    fig_dir = os.path.join(os.path.dirname(os.path.abspath(args.out)), "img")
-    seeds = range(args.seed, args.seed + args.seeds)
-    rows = []
-    for name in targets:
-        row = run_seeds(name, args.engine, seeds, num_samples=args.num_samples,
-                        progress_bar=not args.no_progress,
-                        figure_dir=None if args.no_write else fig_dir, **config)
-        rows.append(row)
-        print(markdown_table([row]).splitlines()[-1], flush=True)
-        if not args.no_write:
-            write_results([row], args.out)
-    print()
-    print(markdown_table(rows))
-    if not args.no_write:
-        print(f"\nwritten to {args.out} (and {os.path.splitext(args.out)[0]}.json)")
-    return 0
-
-
-def _demo(args) -> int:
-    from . import demo
-
-    result = demo.main(args)
-    return result if isinstance(result, int) else 0
+    return cli
 
 
 def main(argv=None) -> int:
     """Entry point of ``python -m numpyro_hjb`` and the ``numpyro-hjb`` script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        return _benchmarks_cli().main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command == "bench":
-        return _bench(args)
-    return _demo(args)
+    from . import demo
+
+    demo.main(args)
+    return 0
 
 
 if __name__ == "__main__":

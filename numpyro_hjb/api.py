@@ -1,52 +1,35 @@
-"""The public entry point: ``fit(model, ...)`` -> :class:`FitResult`.
+"""The public entry points: ``fit(model, ...)`` -> :class:`FitResult`, and :func:`log_evidence`.
 
-Data flows one way (DESIGN.md s.6): model -> :class:`~numpyro_hjb.target.Target` -> engine
-fit -> proposals with log weights -> evidence / resampling -> draws per site.
+Data flows one way (docs/design.md, "Architecture"): model -> :class:`~numpyro_hjb.target.
+Target` -> engine fit -> proposals with log weights -> evidence / resampling -> draws per
+site. The engines are :class:`~numpyro_hjb.base.Engine` objects (:func:`~numpyro_hjb.base.
+get_engine`); their settings are typed (:mod:`numpyro_hjb.settings`).
 
-An engine is a module with two pure functions::
-
-    fit(target, rng_key, config, progress_bar) -> (state, history, info)
-    propose(target, config, state, rng_key, num) -> (x (num, d), log_w (num,))
-
-``state`` is a pytree of arrays (what save/load stores), ``config`` a dict of plain Python
-values, ``history`` a dict of per-iteration numpy arrays, ``info`` a dict of scalars
-(timings, counts).
+Model arguments follow NumPyro's ``MCMC.run``: positional arguments after the model, keyword
+arguments of the model in ``model_kwargs=``; every other keyword is an engine setting. A
+keyword that is not a setting but is a parameter of the model raises at once and points to
+``model_kwargs=``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from contextlib import nullcontext
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from .evidence import EvidenceEstimate, estimate_evidence, resample
+from .base import Engine, get_engine
+from .evidence import EvidenceEstimate, check_reliability, estimate_evidence, resample
+from .settings import EngineSettings, UnknownSettingError
 from .target import Target, make_target
 
-__all__ = ["fit", "FitResult", "Draws", "ENGINES"]
+__all__ = ["fit", "FitResult", "Draws", "log_evidence", "fit_result_of", "DEFAULT_ENGINE"]
 
-#: engine name -> (module, fixed config entries)
-ENGINES: dict[str, tuple[str, dict]] = {
-    "dis": ("numpyro_hjb.control.engine", {"scheme": "dis"}),
-    "dds": ("numpyro_hjb.control.engine", {"scheme": "dds"}),
-    "pis": ("numpyro_hjb.control.engine", {"scheme": "pis"}),
-    "tt": ("numpyro_hjb.tt.engine", {}),
-}
-
-
-def _engine_precision(mod):
-    """jax.enable_x64(True) for a float64 engine (TT), else a no-op context."""
-    return jax.enable_x64(True) if getattr(mod, "FLOAT64", False) else nullcontext()
-
-
-def engine_module(name: str):
-    if name not in ENGINES:
-        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {name!r}")
-    return importlib.import_module(ENGINES[name][0])
+#: the engine ``fit`` uses when none is named
+DEFAULT_ENGINE = "dds"
 
 
 class Draws(NamedTuple):
@@ -67,37 +50,67 @@ class Draws(NamedTuple):
     evidence: EvidenceEstimate
 
 
-@dataclasses.dataclass
+def _count(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a ValueError that names the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class FitResult:
-    """A fitted sampler: draws, log-weights and evidence without refitting."""
+    """A fitted sampler: draws, log weights and evidence without refitting.
+
+    Attributes:
+        engine: the engine's name.
+        target: the flat target the engine was fitted to.
+        state: the engine's typed state (a NamedTuple of arrays).
+        settings: the resolved, typed settings of the fit.
+        history: {name: (num_iterations,)} training curves.
+        info: {name: value} timings, counts and the engine's diagnostics.
+        strict: raise instead of warn when a result cannot be trusted.
+    """
 
     engine: str
     target: Target
     state: Any
-    config: dict
+    settings: EngineSettings
     history: dict = dataclasses.field(default_factory=dict)
     info: dict = dataclasses.field(default_factory=dict)
-    _propose_jit: Callable | None = dataclasses.field(default=None, repr=False)
+    strict: bool = False
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def engine_def(self) -> Engine:
+        return get_engine(self.engine)
+
+    @property
+    def config(self) -> dict:
+        """The settings as a flat {option: value} dict (read-only view)."""
+        return self.settings.flat()
 
     def propose(self, rng_key: jax.Array, num: int) -> tuple[jax.Array, jax.Array]:
-        """``num`` fresh proposals (engine coordinates) and their log weights log rho - log q."""
-        if num < 1:
-            raise ValueError(f"num must be >= 1, got {num}")
-        if self._propose_jit is None:
-            mod = engine_module(self.engine)
-            fn = lambda state, key, n: mod.propose(  # noqa: E731
-                self.target, self.config, state, key, n
+        """``num`` fresh proposals x (num, d) in engine coordinates and their log weights
+        log rho(x) - log q(x) (path weights for the diffusion samplers)."""
+        num = _count(num, "num")
+        eng = self.engine_def
+        if not eng.traceable:
+            return eng.propose(self.target, self.settings, self.state, rng_key, num)
+        fn = self._cache.get("propose")
+        if fn is None:
+            fn = jax.jit(
+                lambda state, key, n: eng.propose(self.target, self.settings, state, key, n),
+                static_argnums=2,
             )
-            # An engine that manages its own precision/jit (e.g. float64) opts out.
-            self._propose_jit = jax.jit(fn, static_argnums=2) if getattr(
-                mod, "JIT_PROPOSE", True
-            ) else fn
-        return self._propose_jit(self.state, rng_key, int(num))
+            self._cache["propose"] = fn
+        return fn(self.state, rng_key, num)
 
     @property
     def can_bridge(self) -> bool:
         """Whether the engine weighs paths through given end points (:meth:`bridge_log_weight`)."""
-        return hasattr(engine_module(self.engine), "bridge_log_weight")
+        return self.engine_def.can_bridge
 
     def bridge_log_weight(self, rng_key: jax.Array, x: jax.Array) -> jax.Array:
         """Path log weights (num,) of fresh reference bridges ending at x (num, d).
@@ -107,96 +120,171 @@ class FitResult:
         """
         if not self.can_bridge:
             raise NotImplementedError(f"engine {self.engine!r} cannot weigh bridges")
-        mod = engine_module(self.engine)
-        return mod.bridge_log_weight(self.target, self.config, self.state, rng_key, x)
+        return self.engine_def.bridge_log_weight(self.target, self.settings, self.state, rng_key, x)
 
-    def log_evidence(
-        self, rng_key: jax.Array | None = None, num_samples: int = 4096
-    ) -> EvidenceEstimate:
-        """log Z with standard error, ELBO, ESS and k-hat from ``num_samples`` fresh proposals."""
-        rng_key = jax.random.PRNGKey(12345) if rng_key is None else rng_key
-        _, log_w = self.propose(rng_key, num_samples)
-        return estimate_evidence(log_w, method=f"{self.engine} importance sampling")
+    def log_evidence(self, rng_key: jax.Array | None = None, num_samples: int = 4096) -> EvidenceEstimate:
+        """log Z from ``num_samples`` fresh proposals: :func:`numpyro_hjb.log_evidence`."""
+        return log_evidence(self, rng_key=rng_key, num_samples=num_samples)
 
-    def sample(
-        self, rng_key: jax.Array, num: int, num_proposals: int | None = None
-    ) -> Draws:
+    def sample(self, rng_key: jax.Array, num: int, num_proposals: int | None = None) -> Draws:
         """``num`` posterior draws by sampling-importance-resampling from ``num_proposals``
-        (default ``4 * num``) fresh proposals. Raw weighted proposals are never returned as
-        draws (DESIGN.md s.5)."""
-        num_proposals = 4 * num if num_proposals is None else num_proposals
+        (default ``4 * num``, at least ``num``) fresh proposals. Raw weighted proposals are
+        never returned as draws. Warns (``strict``: raises) when the weights cannot be
+        trusted or the draws are copies of a few points."""
+        num = _count(num, "num")
+        num_proposals = 4 * num if num_proposals is None else _count(num_proposals, "num_proposals")
+        if num_proposals < num:
+            raise ValueError(
+                f"num_proposals ({num_proposals}) must be >= num ({num}): resampling fewer "
+                "proposals than draws returns copies"
+            )
         key_prop, key_res = jax.random.split(rng_key)
         x, log_w = self.propose(key_prop, num_proposals)
         ev = estimate_evidence(log_w, method=f"{self.engine} importance sampling")
         idx = resample(key_res, log_w, num)
-        x_draw = x[idx]
-        # In the precision the target was built in: a float64 engine's whitening map is
-        # float64, and applying it outside x64 made a mixed-precision GEMM that cuBLASLt
-        # rejects on GPU (jax 0.11.2).
-        with _engine_precision(engine_module(self.engine)):
-            samples = self.target.constrain_batch(x_draw)
+        unique = len(np.unique(np.asarray(idx))) / num
+        check_reliability(
+            ev, unique_fraction=unique, what=f"the draws of engine {self.engine!r}",
+            strict=self.strict,
+        )
+        x_draw = jax.numpy.asarray(np.asarray(x)[np.asarray(idx)])
+        samples = self.target.constrain_batch(x_draw)
         return Draws(samples, x_draw, log_w, idx, ev)
+
+
+def fit_result_of(obj: Any) -> FitResult:
+    """The :class:`FitResult` behind a FitResult, one of our kernels, or an ``MCMC`` running
+    one of our kernels (reached through ``mcmc.sampler``)."""
+    from .mcmc.kernel import DiffusionKernel
+
+    if isinstance(obj, FitResult):
+        return obj
+    kernel = obj if isinstance(obj, DiffusionKernel) else getattr(obj, "sampler", None)
+    if not isinstance(kernel, DiffusionKernel):
+        raise TypeError(
+            "mcmc_or_fit must be a numpyro_hjb FitResult, a numpyro_hjb kernel, or a "
+            "numpyro.infer.MCMC running one; got " + type(obj).__name__
+            + (f" with sampler {type(kernel).__name__}" if kernel is not None else "")
+        )
+    if kernel.fit_result is None:
+        raise ValueError("the kernel has not been fitted yet: call mcmc.run(...) first")
+    return kernel.fit_result
+
+
+def log_evidence(
+    mcmc_or_fit: Any, rng_key: jax.Array | None = None, num_samples: int = 4096
+) -> EvidenceEstimate:
+    """log Z with its standard error, ELBO, ESS and PSIS k-hat (docs/design.md s.5).
+
+    The one evidence entry point, for a :class:`FitResult`, one of our kernels, or a
+    ``numpyro.infer.MCMC`` running one (after ``run``). The estimate comes from
+    ``num_samples`` fresh proposals of the fitted sampler, never from accepted MCMC states.
+
+    Raises:
+        ValueError: the model has improper prior sites (the evidence p(y) is undefined; the
+            error names them), or ``num_samples`` < 2.
+    Warns:
+        UnreliableResultWarning: low ESS, k-hat > 0.7, non-finite weights or log Z
+            (raised instead when the fit was made with ``strict=True``).
+    """
+    num_samples = _count(num_samples, "num_samples", minimum=2)
+    fit_result = fit_result_of(mcmc_or_fit)
+    improper = tuple(fit_result.target.improper_sites)
+    if improper:
+        raise ValueError(
+            f"the prior of site(s) {list(improper)} is improper, so the model evidence p(y) "
+            "is undefined. Give these sites proper priors to compare models by evidence."
+        )
+    rng_key = jax.random.PRNGKey(12345) if rng_key is None else rng_key
+    eng = fit_result.engine_def
+    if eng.evidence is not None:  # an engine with its own estimator (particle systems)
+        estimate = eng.evidence(
+            fit_result.target, fit_result.settings, fit_result.state, rng_key, num_samples
+        )
+    else:
+        _, log_w = fit_result.propose(rng_key, num_samples)
+        estimate = estimate_evidence(log_w, method=f"{fit_result.engine} importance sampling")
+    check_reliability(estimate, what="the log Z estimate", strict=fit_result.strict)
+    return estimate
+
+
+def _reject_unknown(eng: Engine, overrides: dict, model: Any) -> None:
+    """Unknown setting names fail before any work; a model parameter gets a pointer to
+    ``model_kwargs=``."""
+    names = set(eng.settings.option_names()) | set(eng.settings.groups())
+    unknown = [k for k in overrides if k not in names]
+    if not unknown or not callable(model):
+        return
+    try:
+        params = set(inspect.signature(model).parameters)
+    except (TypeError, ValueError):
+        params = set()
+    for key in unknown:
+        if key in params:
+            raise UnknownSettingError(
+                f"{key!r} is not a setting of engine {eng.name!r}; it is a parameter of the "
+                f"model. Pass model keyword arguments as fit(model, *args, model_kwargs="
+                f"{{{key!r}: ...}}), as with numpyro's MCMC.run."
+            )
 
 
 def fit(
     model: Callable | Target,
     *model_args: Any,
-    engine: str = "dds",
+    engine: str | Engine = DEFAULT_ENGINE,
+    settings: EngineSettings | None = None,
     rng_key: jax.Array | None = None,
     whitening: str | None = None,
     progress_bar: bool = True,
     model_kwargs: dict | None = None,
     init_state: Any = None,
-    **config: Any,
+    strict: bool = False,
+    **overrides: Any,
 ) -> FitResult:
     """Fit a diffusion sampler to a NumPyro model (or a prepared :class:`Target`).
 
     Args:
         model: NumPyro model, or a :class:`Target`.
         *model_args: positional arguments of the model.
-        engine: "dds" (default), "dis", "pis" (learned control) or "tt" (tensor-train HJB).
-            DDS and DIS differ only in the integrator (exponential vs Euler–Maruyama); the
-            Euler–Maruyama variance mismatch costs ESS in every Gaussian-like dimension
-            (docs/benchmarks_notes.md), hence the default.
+        engine: an engine name (``numpyro_hjb.base.engine_names()``) or object.
+        settings: a settings object of that engine (e.g. ``ControlSettings()``); keyword
+            overrides are applied on top of it.
         rng_key: PRNG key (default key 0).
-        whitening: None, "laplace" or "advi" (DESIGN.md s.1).
+        whitening: None, "laplace" or "advi" (docs/design.md s.1).
         progress_bar: show a tqdm bar while fitting.
         model_kwargs: keyword arguments of the model.
         init_state: a previous fit's ``state`` (or a :class:`FitResult`) to warm-start from.
-        **config: engine settings (see ``numpyro_hjb.control.engine.DEFAULTS`` and
-            ``numpyro_hjb.tt.engine.DEFAULTS``), e.g. ``loss="lv"``, ``num_iterations=2000``.
+        strict: raise :class:`~numpyro_hjb.evidence.UnreliableResultError` instead of
+            warning when a result cannot be trusted.
+        **overrides: engine settings by name, e.g. ``num_iterations=500``; a misspelt name
+            raises at once and suggests the closest valid one.
 
     Returns:
         :class:`FitResult` with ``.sample``, ``.log_evidence`` and ``.propose``.
     """
+    eng = get_engine(engine)
+    _reject_unknown(eng, overrides, model)
+    resolved = eng.make_settings(settings, **overrides)
+    resolved = resolved.resolve() if hasattr(resolved, "resolve") else resolved
+    if isinstance(init_state, FitResult):
+        if init_state.engine != eng.name:
+            raise ValueError(
+                f"init_state comes from engine {init_state.engine!r}, not {eng.name!r}"
+            )
+        init_state = init_state.state
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
     key_target, key_fit = jax.random.split(rng_key)
     if isinstance(model, Target):
         if model_args or model_kwargs:
             raise ValueError("model arguments given with a prepared Target")
+        if whitening not in (None, "none"):
+            raise ValueError("whitening= applies to a model; whiten a prepared Target with whiten()")
         target = model
-    mod = engine_module(engine)
-    if not isinstance(model, Target):
-        # A float64 engine (TT) gets its whitening pre-fit in float64 as well: in float32 the
-        # whitened potential of a Gaussian is quadratic only up to round-off.
-        with _engine_precision(mod):
-            target = make_target(
-                model, *model_args, rng_key=key_target, whitening=whitening, **(model_kwargs or {})
-            )
-    unknown = set(config) - set(mod.DEFAULTS) - set(ENGINES[engine][1])
-    if unknown:
-        raise TypeError(
-            f"unknown settings for engine {engine!r}: {sorted(unknown)}; "
-            f"valid: {sorted(mod.DEFAULTS)}"
+    else:
+        target = make_target(
+            model, *model_args, rng_key=key_target, whitening=whitening,
+            precision=eng.precision, **(model_kwargs or {}),
         )
-    full_config = {**mod.DEFAULTS, **config, **ENGINES[engine][1]}
-    if isinstance(init_state, FitResult):
-        if init_state.engine != engine:
-            raise ValueError(
-                f"init_state comes from engine {init_state.engine!r}, not {engine!r}"
-            )
-        init_state = init_state.state
-    kwargs = {} if init_state is None else {"init_state": init_state}
-    state, history, info = mod.fit(target, key_fit, full_config, progress_bar, **kwargs)
-    history = {k: np.asarray(v) for k, v in history.items()}
-    return FitResult(engine, target, state, full_config, history, dict(info))
+    state, info = eng.fit(target, key_fit, resolved, progress_bar, init_state)
+    history = {k: np.asarray(v) for k, v in info.history.items()}
+    return FitResult(eng.name, target, state, resolved, history, dict(info.stats), bool(strict))

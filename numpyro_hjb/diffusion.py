@@ -1,4 +1,4 @@
-"""The reference diffusions, their time grids and the path-space log weight (DESIGN.md s.2, s.3).
+"""The reference diffusions, their time grids and the path-space log weight (docs/design.md s.2, s.3).
 
 Forward (noising) OU process dX = -X dt + sqrt(2) dW with stationary law gamma = N(0, I);
 X_t | X_s ~ N(a X_s, (1 - a^2) I), a = exp(-(t - s)). A time change beta(t) is a choice of
@@ -16,7 +16,7 @@ measure, rho(y_K)/ref(y_K) times the reference path, against F)
 
     log w = log rho(y_K) - log N(y_K; 0, tau_K I) + sum_k [log R_k(y_{k+1}|y_k) - log F_k(y_{k+1}|y_k)]
 
-satisfies E_F[w] = Z for every control u and every K (DESIGN.md s.3). For the OU reference
+satisfies E_F[w] = Z for every control u and every K (docs/design.md s.3). For the OU reference
 started at gamma, gamma(y_K) prod_k B_k(y_k | y_{k+1}) = gamma(y_0) prod_k R_k(y_{k+1} | y_k)
 by reversibility, so this is exactly the DIS weight with the exact noising transitions B_k.
 
@@ -39,6 +39,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from .gaussian import normal_logpdf
 
 __all__ = [
     "PathScheme",
@@ -108,7 +110,7 @@ def ou_scheme(
     ``sigma`` scales the reference: dX = -X dt + sqrt(2) sigma dW, stationary law
     gamma = N(0, sigma^2 I). Its reversal is dY = (-Y + 2 sigma^2 u) ds + sqrt(2) sigma dB with
     u = score + y / sigma^2, so c and every variance are multiplied by sigma^2 (sigma = 1:
-    DESIGN.md s.2).
+    docs/design.md s.2).
     """
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -137,11 +139,6 @@ def brownian_scheme(
     return PathScheme(times, ones, var, ones, var, var, 0.0, float(sigma**2 * horizon))
 
 
-def _gauss_logpdf(x: Array, mean: Array, var: Array) -> Array:
-    d = x.shape[-1]
-    return -0.5 * jnp.sum((x - mean) ** 2, axis=-1) / var - 0.5 * d * jnp.log(2 * jnp.pi * var)
-
-
 def _initial_and_noise(rng_key, scheme, num, dim, dtype):
     key0, key_steps = jax.random.split(rng_key)
     y0 = jnp.sqrt(jnp.asarray(scheme.init_var, dtype)) * jax.random.normal(key0, (num, dim), dtype)
@@ -167,11 +164,10 @@ def simulate_paths(
     control_fn: ControlFn,
     num: int,
     dim: int,
-    noise_scale: float = 1.0,
     dtype=jnp.float32,
     has_aux: bool = False,
 ):
-    """Simulate ``num`` paths of F (with ``noise_scale`` times its noise, for exploration).
+    """Simulate ``num`` paths of F.
 
     Returns (ys (K+1, num, d), us (K, num, d)), plus the stacked auxiliary outputs of
     ``control_fn`` when ``has_aux`` (then control_fn returns (u, aux)). Differentiable
@@ -183,7 +179,7 @@ def simulate_paths(
         t, alpha, c, v, _, _, eps = inp
         out = control_fn(y, t)
         u, aux = out if has_aux else (out, None)
-        y_next = alpha * y + c * u + noise_scale * jnp.sqrt(v) * eps
+        y_next = alpha * y + c * u + jnp.sqrt(v) * eps
         return y_next, (y_next, u, aux)
 
     _, (ys, us, auxs) = jax.lax.scan(step, y0, _step_inputs(scheme, noise))
@@ -212,21 +208,21 @@ def simulate_log_weights(
         u = control_fn(y, t)
         mean_gen = alpha * y + c * u
         y_next = mean_gen + jnp.sqrt(v_gen) * eps
-        acc = acc + _gauss_logpdf(y_next, a * y, v_ref) - _gauss_logpdf(y_next, mean_gen, v_gen)
+        acc = acc + normal_logpdf(y_next, a * y, v_ref) - normal_logpdf(y_next, mean_gen, v_gen)
         return (y_next, acc), None
 
     (y_end, acc), _ = jax.lax.scan(
         step, (y0, jnp.zeros(num, dtype)), _step_inputs(scheme, noise)
     )
     log_rho = jax.vmap(log_density)(y_end)
-    log_ref_end = _gauss_logpdf(y_end, 0.0, jnp.asarray(scheme.final_var, dtype))
+    log_ref_end = normal_logpdf(y_end, 0.0, scheme.final_var)
     return y_end, log_rho - log_ref_end + acc
 
 
 def path_log_weight_terms(
     scheme: PathScheme, ys: Array, us: Array, log_density: Callable[[Array], Array]
 ) -> tuple[Array, Array, Array]:
-    """The terms of log w (DESIGN.md s.3): per-step log r_k - log f_k (K, B), the terminal
+    """The terms of log w (docs/design.md s.3): per-step log r_k - log f_k (K, B), the terminal
     term log rho(y_K) - log N(y_K; 0, final_var) (B,), and log rho(y_K) (B,).
 
     log w is the terminal term plus the sum of the steps (:func:`path_log_weights`); the
@@ -235,18 +231,18 @@ def path_log_weight_terms(
     col = lambda v: v[:, None, None]
     mean_ref = col(scheme.ref_scale) * y
     mean_gen = col(scheme.gen_scale) * y + col(scheme.gen_control) * us
-    log_r = _gauss_logpdf(y_next, mean_ref, scheme.ref_var[:, None])
-    log_f = _gauss_logpdf(y_next, mean_gen, scheme.gen_var[:, None])
+    log_r = normal_logpdf(y_next, mean_ref, col(scheme.ref_var))
+    log_f = normal_logpdf(y_next, mean_gen, col(scheme.gen_var))
     y_end = ys[-1]
     log_rho = jax.vmap(log_density)(y_end)
-    log_ref_end = _gauss_logpdf(y_end, 0.0, jnp.asarray(scheme.final_var, y_end.dtype))
+    log_ref_end = normal_logpdf(y_end, 0.0, scheme.final_var)
     return log_r - log_f, log_rho - log_ref_end, log_rho
 
 
 def path_log_weights(
     scheme: PathScheme, ys: Array, us: Array, log_density: Callable[[Array], Array]
 ) -> tuple[Array, Array]:
-    """log w per path (DESIGN.md s.3) from states ys (K+1, B, d) and controls us (K, B, d).
+    """log w per path (docs/design.md s.3) from states ys (K+1, B, d) and controls us (K, B, d).
 
     Returns (log_w (B,), log rho(y_K) (B,)).
     """
@@ -263,7 +259,7 @@ def reference_bridge(rng_key: Array, scheme: PathScheme, y_end: Array) -> Array:
         y_k | y_{k+1} ~ N(a_k tau_k / tau_{k+1} y_{k+1}, tau_k v_k / tau_{k+1} I).
 
     For the OU reference this is the exact noising process run forward from the data end;
-    for PIS it is a Brownian bridge to the point 0. The weight of such a path (DESIGN.md s.3)
+    for PIS it is a Brownian bridge to the point 0. The weight of such a path (docs/design.md s.3)
     is what a Metropolis move of y_K needs to rejoin path space (:func:`bridge_log_weights`).
     """
     dtype = y_end.dtype

@@ -1,12 +1,17 @@
-"""Log weights -> evidence, its uncertainty and diagnostics; resampling and IMH (DESIGN.md s.5).
+"""Log weights -> evidence, its uncertainty and diagnostics; resampling (docs/design.md s.5).
 
 For proposals X_i ~ q with log weights log w_i = log rho(X_i) - log q(X_i) (path-space
 weights for the diffusion samplers), E_q[w] = Z, so
 
-    log Z_hat = logmeanexp(log w),   SE(log Z_hat) ~ sd(w) / (sqrt(N) mean(w))   (delta method),
-    ELBO = mean(log w) <= log Z,     ESS = 1 / (N sum_i wbar_i^2) in (0, 1],
+    log Z_hat = log( (1/N) sum_i w_i ),   SE(log Z_hat) ~ sd(w) / (sqrt(N) mean(w))  (delta method),
+    ELBO = mean(log w) <= log Z,          ESS = 1 / (N sum_i wbar_i^2) in (0, 1],
 
-and the Pareto k-hat of the weights (ArviZ's PSIS) says whether the variance is finite.
+and the Pareto k-hat of the weights (ArviZ's PSIS) says whether their variance is finite.
+
+A weight that is NaN or +inf is a failure of the sampler (or of the target's density at a
+point the sampler reached). It is not dropped: dropping it would divide the sum by the
+number of *finite* weights and bias log Z upward. It is counted as a zero weight in N and
+reported (``num_nonfinite``), with a warning that names the cause.
 """
 
 from __future__ import annotations
@@ -21,25 +26,48 @@ import numpy as np
 
 __all__ = [
     "EvidenceEstimate",
+    "UnreliableResultWarning",
+    "UnreliableResultError",
     "estimate_evidence",
-    "normalised_ess",
+    "ess_fraction",
     "pareto_khat",
     "resample",
-    "independence_mh",
+    "check_reliability",
+    "KHAT_THRESHOLD",
+    "ESS_FLOOR",
+    "UNIQUE_FLOOR",
 ]
+
+#: PSIS k-hat above which an importance-sampling estimate is unreliable (Vehtari et al.).
+KHAT_THRESHOLD = 0.7
+#: normalised ESS below which the weights are too uneven to trust
+ESS_FLOOR = 0.01
+#: fraction of unique draws below which the returned draws are copies of a few points
+UNIQUE_FLOOR = 0.1
+
+
+class UnreliableResultWarning(UserWarning):
+    """A result that cannot be trusted (low ESS, k-hat > 0.7, few unique draws, non-finite
+    log Z, non-finite weights); the message names the cause and a remedy."""
+
+
+class UnreliableResultError(RuntimeError):
+    """The same, raised instead of warned with ``strict=True``."""
 
 
 class EvidenceEstimate(NamedTuple):
     """log Z with its standard error and diagnostics.
 
     Attributes:
-        log_z: logmeanexp of the finite log weights.
-        log_z_se: delta-method standard error of ``log_z``.
-        elbo: mean log weight (a lower bound on log Z in expectation).
+        log_z: log of the mean weight (non-finite weights count as zero).
+        log_z_se: its standard error (delta method for importance sampling, or the spread of
+            independent replicate particle systems for SMC; see ``method``).
+        elbo: mean log weight (a lower bound on log Z in expectation); -inf if any weight is
+            zero.
         ess: normalised effective sample size of the weights, in (0, 1].
-        khat: Pareto k-hat of the weights (> 0.7: unreliable estimate).
-        num_samples: number of proposals used.
-        num_dropped: proposals dropped for NaN / +inf log weights.
+        khat: Pareto k-hat of the weights (> 0.7: unreliable); NaN where undefined.
+        num_samples: number of weights (proposals or particles) behind the estimate.
+        num_nonfinite: weights that were NaN or +inf (counted as zero weights).
         method: how the weights were obtained.
     """
 
@@ -49,7 +77,7 @@ class EvidenceEstimate(NamedTuple):
     ess: float
     khat: float
     num_samples: int
-    num_dropped: int = 0
+    num_nonfinite: int = 0
     method: str = "importance sampling"
 
     def __str__(self) -> str:
@@ -59,27 +87,30 @@ class EvidenceEstimate(NamedTuple):
         )
 
 
-def normalised_ess(log_w) -> float:
-    """1 / (N sum_i wbar_i^2) with wbar the self-normalised weights."""
-    lw = np.asarray(log_w, dtype=np.float64)
-    lw = lw[np.isfinite(lw) | (lw == -np.inf)]
-    if lw.size == 0 or not np.any(np.isfinite(lw)):
-        return 0.0
-    p = np.exp(lw - np.max(lw))
-    p /= p.sum()
-    return float(1.0 / (lw.size * np.sum(p**2)))
+def ess_fraction(log_w, mask=None):
+    """1 / (N sum_i wbar_i^2) with wbar the self-normalised weights (jit-able).
+
+    NaN and +inf weights count as zero weights; ``mask`` (bool, same shape) excludes entries
+    from N altogether. Returns 0 when no weight is positive.
+    """
+    log_w = jnp.asarray(log_w)
+    keep = jnp.ones(log_w.shape, bool) if mask is None else jnp.asarray(mask)
+    lw = jnp.where(keep & jnp.isfinite(log_w), log_w, -jnp.inf)
+    p = jax.nn.softmax(jnp.where(jnp.any(jnp.isfinite(lw)), lw, 0.0))
+    ess = 1.0 / (jnp.maximum(jnp.sum(keep), 1) * jnp.sum(jnp.where(keep, p, 0.0) ** 2))
+    return jnp.where(jnp.any(jnp.isfinite(lw)), ess, 0.0)
 
 
 def pareto_khat(log_w) -> float:
-    """Pareto k-hat of the importance weights, from ArviZ's PSIS."""
+    """Pareto k-hat of the importance weights, from ArviZ's PSIS (NaN for < 10 weights)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import arviz as az
 
     lw = np.asarray(log_w, dtype=np.float64)
     lw = lw[np.isfinite(lw)]
-    if lw.size < 10:
-        return float("nan")
+    if lw.size < 10 or np.ptp(lw) == 0:
+        return float("nan") if lw.size < 10 else -math.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         psislw = getattr(az, "psislw", None)
@@ -95,81 +126,106 @@ def pareto_khat(log_w) -> float:
 def estimate_evidence(log_w, method: str = "importance sampling") -> EvidenceEstimate:
     """log Z, its standard error, ELBO, ESS and k-hat from importance log weights.
 
-    -inf log weights are valid zero weights and are kept. NaN or +inf weights are a failure
-    of the sampler: they are dropped with a warning that says how many; if all are dropped a
-    ValueError is raised instead of returning NaN.
+    -inf log weights are valid zero weights. NaN or +inf weights are counted as zero
+    weights too (so log Z is not biased upward by dropping them) and reported with a
+    warning. Raises ValueError for no weights, or when no weight is positive.
     """
     lw = np.asarray(log_w, dtype=np.float64).ravel()
-    n_total = lw.size
-    if n_total == 0:
+    n = lw.size
+    if n == 0:
         raise ValueError("log_w is empty: no proposals to estimate the evidence from")
     bad = np.isnan(lw) | (lw == np.inf)
-    num_dropped = int(bad.sum())
-    if num_dropped:
+    num_bad = int(bad.sum())
+    if num_bad:
         warnings.warn(
-            f"{num_dropped} of {n_total} log weights are NaN or +inf and were dropped from the "
-            "evidence estimate; the proposal produced invalid points (check the target's "
-            "support or the training run)."
+            f"{num_bad} of {n} log weights are NaN or +inf: the target's log density is not "
+            "finite at points the sampler reached, or the sampler produced invalid points. "
+            "They count as zero weights. Check the model's support, or fit longer.",
+            UnreliableResultWarning,
+            stacklevel=2,
         )
-    lw = lw[~bad]
-    if lw.size == 0 or not np.any(np.isfinite(lw)):
+    lw = np.where(bad, -np.inf, lw)
+    if not np.any(np.isfinite(lw)):
         raise ValueError(
             "No proposal has a finite log weight: the sampler puts no mass where the target "
             "density is positive. log Z cannot be estimated."
         )
-    n = lw.size
     m = np.max(lw)
     w = np.exp(lw - m)
     mean_w = w.mean()
     log_z = float(m + np.log(mean_w))
     se = float(np.std(w, ddof=1) / (math.sqrt(n) * mean_w)) if n > 1 else float("inf")
-    finite = lw[np.isfinite(lw)]
-    elbo = float(finite.mean()) if finite.size == n else float("-inf")
+    elbo = float(lw.mean()) if np.all(np.isfinite(lw)) else float("-inf")
     return EvidenceEstimate(
         log_z=log_z,
         log_z_se=se,
         elbo=elbo,
-        ess=normalised_ess(lw),
+        ess=float(ess_fraction(lw)),
         khat=pareto_khat(lw),
         num_samples=n,
-        num_dropped=num_dropped,
+        num_nonfinite=num_bad,
         method=method,
     )
 
 
-def resample(rng_key: jax.Array, log_w: jax.Array, num: int | None = None) -> jax.Array:
-    """Indices of a multinomial (sampling-importance) resample of size ``num``."""
-    # weights of a float64 engine (TT) may arrive here outside its x64 context: convert to the
-    # default float type explicitly (enough for drawing indices) instead of a silent truncation
-    log_w = jnp.asarray(log_w, dtype=jax.dtypes.canonicalize_dtype(jnp.float64))
-    log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
-    num = log_w.shape[0] if num is None else num
-    return jax.random.categorical(rng_key, log_w, shape=(num,))
+def resample(rng_key: jax.Array, log_w, num: int | None = None) -> jax.Array:
+    """Indices (num,) of a multinomial (sampling-importance) resample of the weights.
 
-
-def independence_mh(
-    rng_key: jax.Array, log_w: jax.Array, init_log_w: jax.Array | float = -jnp.inf
-) -> tuple[jax.Array, jax.Array]:
-    """Independence Metropolis-Hastings over a stream of proposals with weights w_i.
-
-    State i is accepted with probability min(1, w_i / w_current); an initial state with
-    weight ``init_log_w`` (default: none, so the first finite proposal is accepted) precedes
-    the stream. Returns (index of the current state after each step, -1 for the initial
-    state; accepted flags). Exact for the target in the limit (DESIGN.md s.5).
+    The log weights are shifted by their maximum in float64 on the host first, so any
+    precision (a float64 engine's weights) resamples correctly in the default float type.
+    NaN and +inf weights have probability zero.
     """
-    log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
-    log_u = jnp.log(jax.random.uniform(rng_key, log_w.shape))
+    lw = np.asarray(log_w, dtype=np.float64).ravel()
+    lw = np.where(np.isnan(lw) | (lw == np.inf), -np.inf, lw)
+    if not np.any(np.isfinite(lw)):
+        raise ValueError("no proposal has a finite log weight: nothing to resample")
+    num = lw.size if num is None else int(num)
+    return jax.random.categorical(rng_key, jnp.asarray(lw - lw.max()), shape=(num,))
 
-    def step(carry, inp):
-        idx, cur = carry
-        i, lw, lu = inp
-        accept = (lu < lw - cur) | (jnp.isinf(cur) & (cur < 0) & jnp.isfinite(lw))
-        idx = jnp.where(accept, i, idx)
-        cur = jnp.where(accept, lw, cur)
-        return (idx, cur), (idx, accept)
 
-    init = (jnp.array(-1), jnp.asarray(init_log_w, dtype=log_w.dtype))
-    _, (idx, accepted) = jax.lax.scan(
-        step, init, (jnp.arange(log_w.shape[0]), log_w, log_u)
-    )
-    return idx, accepted
+def check_reliability(
+    estimate: EvidenceEstimate,
+    *,
+    unique_fraction: float | None = None,
+    what: str = "the result",
+    remedy: str = "fit longer, raise the time budget, or try whitening='laplace'",
+    strict: bool = False,
+    ess_floor: float = ESS_FLOOR,
+    stacklevel: int = 3,
+) -> list[str]:
+    """Warn (or, with ``strict``, raise :class:`UnreliableResultError`) when ``estimate`` (and
+    the draws behind it) cannot be trusted; returns the causes found (empty: none).
+
+    Causes: a non-finite log Z; non-finite weights; ESS below ``ess_floor``; k-hat above
+    :data:`KHAT_THRESHOLD`; under :data:`UNIQUE_FLOOR` unique draws among those returned.
+    """
+    causes = []
+    if not math.isfinite(estimate.log_z) or not math.isfinite(estimate.log_z_se):
+        causes.append(f"log Z is not finite ({estimate.log_z} ± {estimate.log_z_se})")
+    if estimate.num_nonfinite:
+        causes.append(f"{estimate.num_nonfinite} of {estimate.num_samples} weights are not finite")
+    if estimate.ess < ess_floor:
+        causes.append(
+            f"the ESS of the weights is {estimate.ess:.4f} (about "
+            f"{estimate.ess * estimate.num_samples:.0f} of {estimate.num_samples}), below "
+            f"{ess_floor}"
+        )
+    if estimate.khat > KHAT_THRESHOLD:
+        causes.append(
+            f"the Pareto k-hat of the weights is {estimate.khat:.2f} > {KHAT_THRESHOLD} "
+            "(their variance may be infinite)"
+        )
+    if unique_fraction is not None and unique_fraction < UNIQUE_FLOOR:
+        causes.append(
+            f"only {100 * unique_fraction:.1f}% of the returned draws are distinct: they are "
+            "copies of a few points"
+        )
+    if causes:
+        message = (
+            f"{what} cannot be trusted: " + "; ".join(causes) + f" ({estimate}). Remedy: "
+            f"{remedy}."
+        )
+        if strict:
+            raise UnreliableResultError(message)
+        warnings.warn(message, UnreliableResultWarning, stacklevel=stacklevel)
+    return causes

@@ -1,4 +1,4 @@
-"""ArviZ conversion of our MCMC runs (DESIGN.md s.5).
+"""ArviZ conversion of our MCMC runs (docs/design.md s.5).
 
 ``az.from_numpyro(mcmc)`` works unchanged on ``MCMC(DIS(model))``: the posterior group holds
 the IMH draws per site (constrained, deterministic sites included; never raw weighted
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from .evidence import EvidenceEstimate
-from .model_evidence import fit_result_of, log_evidence
+from .api import fit_result_of, log_evidence
 
 __all__ = ["to_inference_data", "evidence_attrs"]
 
@@ -57,8 +57,8 @@ def to_inference_data(
     Args:
         mcmc: a ``numpyro.infer.MCMC`` running one of our kernels, after ``run``.
         evidence: an :class:`EvidenceEstimate` to store; None (default) computes one from
-            ``num_evidence_samples`` fresh proposals (:func:`numpyro_hjb.model_evidence.
-            log_evidence`, which warns for improper priors and k-hat > 0.7); False skips it.
+            ``num_evidence_samples`` fresh proposals (:func:`numpyro_hjb.log_evidence`, which
+            raises for improper priors and warns for unreliable weights); False skips it.
         rng_key: PRNG key of the evidence proposals.
         **kwargs: passed to ``az.from_numpyro`` (``coords``, ``dims``, ``posterior_predictive``...).
     """

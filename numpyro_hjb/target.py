@@ -1,4 +1,4 @@
-"""NumPyro model -> flat target density in engine coordinates (DESIGN.md section 1).
+"""NumPyro model -> flat target density in engine coordinates (docs/design.md s.1).
 
 A :class:`Target` carries everything an engine needs and nothing model specific:
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 __all__ = ["Target", "make_target", "whiten", "apply_whitening"]
@@ -63,9 +64,9 @@ class Target:
     model_kwargs: dict = dataclasses.field(default_factory=dict)
 
     @property
-    def log_det_scale(self) -> Array:
+    def log_det_scale(self) -> float:
         """log|det L| of the whitening map."""
-        return jnp.sum(jnp.log(jnp.abs(jnp.diag(self.scale_tril))))
+        return float(np.sum(np.log(np.abs(np.diag(np.asarray(self.scale_tril))))))
 
     def grad_log_density(self, x: Array) -> Array:
         return jax.grad(self.log_density)(x)
@@ -81,14 +82,14 @@ class Target:
         """Wrap a flat log density on R^dim (no model; the single site is ``name``)."""
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        eye = jnp.eye(dim)
+        eye = np.eye(dim)
         return cls(
             log_density=log_density,
             dim=int(dim),
             to_unconstrained=lambda x: x,
             constrain=lambda z: {name: z},
             unravel=lambda z: {name: z},
-            shift=jnp.zeros(dim),
+            shift=np.zeros(dim),
             scale_tril=eye,
             site_names=(name,),
             init=jnp.zeros(dim),
@@ -130,6 +131,7 @@ def make_target(
     rng_key: Array | None = None,
     whitening: str | None = None,
     prefit_steps: int = 2000,
+    precision: str = "float32",
     **model_kwargs: Any,
 ) -> Target:
     """Build the flat unconstrained :class:`Target` of a NumPyro model.
@@ -141,6 +143,9 @@ def make_target(
         whitening: None / "none", "laplace" (MAP + Hessian) or "advi" (full-rank ADVI via
             ``numpyro.infer.autoguide.AutoMultivariateNormal``).
         prefit_steps: optimisation steps of the pre-fit.
+        precision: "float32" or "float64", the precision of the pre-fit (that of the engine
+            the target is for: in float32 a Gaussian's whitened potential is quadratic only
+            up to round-off, which a float64 engine would see).
 
     Raises:
         ValueError: discrete latent sites, no latent sites, an unknown whitening.
@@ -206,8 +211,8 @@ def make_target(
         to_unconstrained=lambda x: x,
         constrain=constrain,
         unravel=unravel,
-        shift=jnp.zeros(dim),
-        scale_tril=jnp.eye(dim),
+        shift=np.zeros(dim),
+        scale_tril=np.eye(dim),
         site_names=tuple(sorted(latent)),
         improper_sites=tuple(improper),
         init=z0,
@@ -217,7 +222,9 @@ def make_target(
     )
     if whitening in (None, "none"):
         return base
-    return whiten(base, method=whitening, rng_key=key_fit, num_steps=prefit_steps)
+    return whiten(
+        base, method=whitening, rng_key=key_fit, num_steps=prefit_steps, precision=precision
+    )
 
 
 def _laplace(target: Target, num_steps: int) -> tuple[Array, Array]:
@@ -275,24 +282,29 @@ def whiten(
     *,
     rng_key: Array | None = None,
     num_steps: int = 2000,
+    precision: str = "float32",
 ) -> Target:
     """Re-express ``target`` in x = L^{-1}(z - mu) with (mu, L) from a Gaussian pre-fit.
 
-    Phi(x) = U(mu + L x) - log|det L|  (DESIGN.md section 1); Z is unchanged, so
-    evidence estimates need no correction.
+    Phi(x) = U(mu + L x) - log|det L|  (docs/design.md s.1); Z is unchanged, so
+    evidence estimates need no correction. ``precision``: that of the pre-fit.
     """
     if target.whitening != "none":
         raise ValueError("target is already whitened")
-    rng_key = jax.random.PRNGKey(1) if rng_key is None else rng_key
-    if method == "laplace":
-        mu, tril = _laplace(target, num_steps)
-    elif method == "advi":
-        if target.model is None:
-            raise ValueError("whitening='advi' needs a NumPyro model; use 'laplace'")
-        mu, tril = _advi(target, rng_key, num_steps)
-    else:
+    if method not in ("laplace", "advi"):
         raise ValueError(f"whitening must be None, 'laplace' or 'advi', got {method!r}")
-    if not (bool(jnp.all(jnp.isfinite(mu))) and bool(jnp.all(jnp.isfinite(tril)))):
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+    rng_key = jax.random.PRNGKey(1) if rng_key is None else rng_key
+    with jax.enable_x64(precision == "float64"):
+        if method == "laplace":
+            mu, tril = _laplace(target, num_steps)
+        else:
+            if target.model is None:
+                raise ValueError("whitening='advi' needs a NumPyro model; use 'laplace'")
+            mu, tril = _advi(target, rng_key, num_steps)
+        mu, tril = np.asarray(mu), np.asarray(tril)
+    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(tril))):
         warnings.warn(f"{method} pre-fit failed (non-finite); continuing without whitening")
         return target
     return apply_whitening(target, mu, tril, method)
@@ -306,23 +318,28 @@ def apply_whitening(target: Target, shift: jax.Array, scale_tril: jax.Array, met
     """
     if target.whitening != "none":
         raise ValueError("target is already whitened")
-    mu = jnp.asarray(shift)
-    tril = jnp.asarray(scale_tril)
+    # Host float64 copies, turned into arrays when traced: the maps then run in whatever
+    # precision the caller computes in (float32, or float64 inside a float64 engine).
+    mu = np.array(shift, dtype=np.float64)
+    tril = np.array(scale_tril, dtype=np.float64)
     if mu.shape != (target.dim,) or tril.shape != (target.dim, target.dim):
         raise ValueError(
             f"whitening arrays have shapes {mu.shape}, {tril.shape}; the target has "
             f"dimension {target.dim}"
         )
-    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diag(tril))))
+    log_det = float(np.sum(np.log(np.abs(np.diag(tril)))))
     inner = target.log_density
 
     def to_unconstrained(x):
-        return mu + tril @ x
+        return jnp.asarray(mu, x.dtype) + jnp.asarray(tril, x.dtype) @ x
 
     def log_density(x):
         return inner(to_unconstrained(x)) + log_det
 
-    init = jax.scipy.linalg.solve_triangular(tril, target.init - mu, lower=True)
+    import scipy.linalg
+
+    init = scipy.linalg.solve_triangular(tril, np.asarray(target.init, np.float64) - mu, lower=True)
+    init = jnp.asarray(init, jnp.asarray(target.init).dtype)
     return dataclasses.replace(
         target,
         log_density=log_density,

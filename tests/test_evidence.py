@@ -1,4 +1,4 @@
-"""Evidence estimator, ESS, k-hat, resampling and independence MH (DESIGN.md s.5)."""
+"""Evidence estimator, ESS, k-hat and resampling (docs/design.md s.5)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,12 +7,15 @@ import pytest
 from scipy import stats
 
 from numpyro_hjb.evidence import (
+    UnreliableResultError,
+    UnreliableResultWarning,
+    check_reliability,
+    ess_fraction,
     estimate_evidence,
-    independence_mh,
-    normalised_ess,
     pareto_khat,
     resample,
 )
+from numpyro_hjb.mcmc import imh_init, imh_step
 
 
 def gaussian_is_log_weights(n, proposal_sd, log_z=1.3, seed=0):
@@ -53,12 +56,18 @@ def test_khat_flags_heavy_tails():
     assert pareto_khat(gaussian_is_log_weights(4000, 0.4)) > 0.7
 
 
-def test_nan_weights_are_dropped_with_warning_and_all_nan_raises():
+def test_nan_weights_count_as_zero_with_a_warning_and_all_nan_raises():
+    """A NaN weight is a zero weight that still counts in N: dropping it would bias log Z
+    upward by log(N / N_finite)."""
     lw = gaussian_is_log_weights(1000, 1.5)
+    full = estimate_evidence(lw)
     lw[:10] = np.nan
     with pytest.warns(UserWarning, match="10 of 1000"):
         est = estimate_evidence(lw)
-    assert est.num_dropped == 10 and np.isfinite(est.log_z)
+    assert est.num_nonfinite == 10 and np.isfinite(est.log_z)
+    dropped = estimate_evidence(gaussian_is_log_weights(1000, 1.5)[10:])
+    zeroed = np.log(np.exp(dropped.log_z) * 990 / 1000)
+    assert est.log_z == pytest.approx(zeroed, abs=1e-12) and est.log_z < full.log_z
     with pytest.raises(ValueError, match="finite"):
         estimate_evidence(np.full(5, -np.inf))
     with pytest.raises(ValueError, match="empty"):
@@ -68,7 +77,9 @@ def test_nan_weights_are_dropped_with_warning_and_all_nan_raises():
 def test_minus_inf_weights_count_as_zero():
     est = estimate_evidence(np.array([0.0, -np.inf]))
     assert est.log_z == pytest.approx(np.log(0.5))
-    assert normalised_ess(np.array([0.0, -np.inf])) == pytest.approx(0.5)
+    assert float(ess_fraction(np.array([0.0, -np.inf]))) == pytest.approx(0.5)
+    assert float(ess_fraction(np.array([0.0, 0.0, 5.0]), mask=np.array([1, 1, 0], bool))) == (
+        pytest.approx(1.0))
 
 
 def test_resample_frequencies():
@@ -78,10 +89,33 @@ def test_resample_frequencies():
 
 
 def test_independence_mh_targets_the_weighted_law():
-    key_prop, key_mh = jax.random.split(jax.random.PRNGKey(1))
-    states = jax.random.bernoulli(key_prop, 0.5, (40_000,)).astype(jnp.int32)
-    log_w = jnp.log(jnp.where(states == 1, 3.0, 1.0))
-    idx, accepted = independence_mh(key_mh, log_w)
-    chain = states[idx]
+    """IMH over a stream of independent proposals: states 0/1 proposed with probability 1/2 and
+    weights 1/3 -> the chain spends 3/4 of its time in state 1."""
+
+    def propose(key, n):
+        states = jax.random.bernoulli(key, 0.5, (n, 1)).astype(jnp.float32)
+        return states, jnp.log(jnp.where(states[:, 0] == 1, 3.0, 1.0))
+
+    to_z = lambda x: {"x": x}  # noqa: E731
+    state = imh_init(propose, to_z, jax.random.PRNGKey(1), num_init=1, pool_size=512)
+
+    def body(s, _):
+        s = imh_step(propose, to_z, s)
+        return s, (s.x[0], s.accepted)
+
+    _, (chain, accepted) = jax.jit(lambda s: jax.lax.scan(body, s, None, length=40_000))(state)
     assert abs(float(jnp.mean(chain == 1)) - 0.75) < 0.02
     assert 0.0 < float(jnp.mean(accepted)) < 1.0
+
+
+def test_reliability_checks_name_the_cause_and_strict_raises():
+    good = estimate_evidence(gaussian_is_log_weights(4000, 1.5))
+    assert check_reliability(good) == []
+    heavy = estimate_evidence(gaussian_is_log_weights(4000, 0.4))
+    with pytest.warns(UnreliableResultWarning, match="k-hat"):
+        check_reliability(heavy)
+    with pytest.raises(UnreliableResultError, match="distinct"):
+        check_reliability(good, unique_fraction=0.01, strict=True)
+    collapsed = estimate_evidence(np.r_[0.0, np.full(999, -50.0)])
+    with pytest.warns(UnreliableResultWarning, match="ESS"):
+        check_reliability(collapsed)

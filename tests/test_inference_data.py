@@ -19,8 +19,8 @@ from numpyro_hjb import make_target
 from numpyro_hjb.api import FitResult
 from numpyro_hjb.evidence import EvidenceEstimate
 from numpyro_hjb.inference_data import to_inference_data
-from numpyro_hjb.kernel import DDS
-from numpyro_hjb.model_evidence import log_evidence
+from numpyro_hjb.mcmc import DDS
+from numpyro_hjb import log_evidence
 
 matplotlib.use("Agg")
 
@@ -97,13 +97,13 @@ def test_arviz_functions_run(mcmc):
     plt.close("all")
 
 
-def test_evidence_warns_for_improper_priors(mcmc):
+def test_evidence_raises_for_improper_priors(mcmc):
     target = make_target(improper_model)
     assert target.improper_sites == ("a",)
-    # Reuse the fitted 2-d network: only the warning is under test here.
+    # Reuse the fitted 2-d network: only the error is under test here.
     fitted = mcmc.sampler.fit_result
-    fake = FitResult("dds", target, fitted.state, fitted.config)
-    with pytest.warns(UserWarning, match=r"\['a'\] is improper"):
+    fake = FitResult("dds", target, fitted.state, fitted.settings)
+    with pytest.raises(ValueError, match=r"\['a'\] is improper"):
         log_evidence(fake, rng_key=jax.random.PRNGKey(0), num_samples=64)
 
 
@@ -112,7 +112,7 @@ def test_evidence_warns_for_large_khat(mcmc):
     # A target much wider than the fitted proposal (N(0, 25 I) against roughly N(0, I))
     # gives weights with infinite variance: their Pareto tail index is about 1 - 1/25.
     wide = dataclasses.replace(fitted.target, log_density=lambda x: -0.5 * jnp.sum(x**2) / 25.0)
-    bad = FitResult("dds", wide, fitted.state, fitted.config)
+    bad = FitResult("dds", wide, fitted.state, fitted.settings)
     with pytest.warns(UserWarning, match="k-hat"):
         log_evidence(bad, rng_key=jax.random.PRNGKey(0), num_samples=4096)
 

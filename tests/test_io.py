@@ -16,10 +16,9 @@ from numpyro_hjb.target import make_target
 
 
 Y = jnp.array([0.3, -0.1, 0.8, 0.5, 0.2, 0.6])
-# coordinate networks, the state-dependent score gate and a wider reference: all must survive
-# the round trip
+# coordinate networks and the state-dependent score gate: all must survive the round trip
 SETTINGS = dict(num_iterations=50, batch_size=64, num_steps=32, hidden=(32, 32),
-                coordinate_hidden=4, score_gate="state", ou_sigma=1.5)
+                coordinate_hidden=4, score_gate="state")
 
 
 def model(y=None):
@@ -100,6 +99,24 @@ def test_mismatched_model_and_bad_files(saved, tmp_path):
         save_fit({"params": 1}, tmp_path / "x.npz")
 
 
+def test_truncated_corrupted_missing_and_other_data_files(saved, tmp_path):
+    raw = saved.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="truncated.npz.*not a readable") as err:
+        load_fit(truncated, model, y=Y)
+    assert "allow_pickle" not in str(err.value)
+    noise = tmp_path / "noise.npz"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match="noise.npz") as err:
+        load_fit(noise, model, y=Y)
+    assert "allow_pickle" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        load_fit(tmp_path / "missing.npz", model, y=Y)
+    with pytest.warns(UserWarning, match="data differ"):
+        load_fit(saved, model, y=Y + 1.0)
+
+
 def test_apply_whitening_matches_whiten():
     base = make_target(model, y=Y)
     whitened = numpyro_hjb.whiten(base, "laplace")
@@ -111,6 +128,23 @@ def test_apply_whitening_matches_whiten():
         apply_whitening(base, jnp.zeros(3), jnp.eye(3), "laplace")
 
 
+def _as_old_format(path, version, **config_changes):
+    """Rewrite a saved fit in the flat-dict format of versions 1-2 (flat config, dict state)."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    flat = {}
+    for key, value in meta.pop("settings").items():
+        flat.update(value if isinstance(value, dict) and "__tuple__" not in value else {key: value})
+    flat.update({"ou_sigma": 1.0, "exploration": 0.0, **config_changes})
+    meta["config"] = flat
+    meta["format_version"] = version
+    params = meta["state_structure"]["children"][0]
+    meta["state_structure"] = {"type": "dict", "keys": ["params"], "children": [params]}
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
 def test_version_1_pis_fits_load_on_the_uniform_grid(tmp_path):
     """Format 1 stored grid_power 2.0 for PIS fits, which ran on the uniform grid."""
     fit = numpyro_hjb.fit(model, engine="pis", model_kwargs={"y": Y}, progress_bar=False,
@@ -118,18 +152,27 @@ def test_version_1_pis_fits_load_on_the_uniform_grid(tmp_path):
     assert fit.config["grid_power"] == 2.0
     path = tmp_path / "old.npz"
     save_fit(fit, path)
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
-    meta = json.loads(str(arrays["meta"]))
-    meta["format_version"] = 1
-    meta["config"]["grid_power"] = 2.0
-    arrays["meta"] = np.asarray(json.dumps(meta))
-    np.savez(path, **arrays)
+    _as_old_format(path, 1, grid_power=2.0)
     loaded = load_fit(path, model, y=Y)
     assert loaded.config["grid_power"] == 1.0
-    uniform = dict(fit.config, grid_power=1.0)
+    uniform = fit.settings.with_overrides({"grid_power": 1.0})
     key = jax.random.PRNGKey(2)
     np.testing.assert_allclose(loaded.propose(key, 8)[1],
                                FitResult(fit.engine, fit.target, fit.state, uniform, fit.history,
                                          fit.info).propose(key, 8)[1], rtol=1e-5, atol=1e-5)
     assert not np.allclose(loaded.propose(key, 8)[1], fit.propose(key, 8)[1])
+
+
+def test_version_2_fits_load_and_retired_settings_fail_with_a_reason(fitted, tmp_path):
+    path = tmp_path / "v2.npz"
+    save_fit(fitted, path)
+    _as_old_format(path, 2)
+    loaded = load_fit(path, model, y=Y)
+    assert loaded.config == fitted.config
+    key = jax.random.PRNGKey(5)
+    np.testing.assert_allclose(loaded.propose(key, 8)[1], fitted.propose(key, 8)[1], rtol=1e-5,
+                               atol=1e-5)
+    save_fit(fitted, path)
+    _as_old_format(path, 2, ou_sigma=1.5)
+    with pytest.raises(ValueError, match="ou_sigma=1.5.*retired"):
+        load_fit(path, model, y=Y)

@@ -1,4 +1,4 @@
-"""NumPyro MCMC drop-in: MCMC(DIS(model, ...)) (numpyro_hjb.kernel)."""
+"""NumPyro MCMC drop-in: MCMC(DIS(model, ...)) (numpyro_hjb.mcmc)."""
 
 
 import jax
@@ -11,7 +11,12 @@ from numpyro.infer import MCMC
 
 from numpyro_hjb.api import FitResult
 from numpyro_hjb.diffusion import bridge_log_weights, ou_scheme, simulate_log_weights
-from numpyro_hjb.kernel import DDS, DIS, TTHJB, IMHState, imh_init, imh_step, make_refine_fn
+from numpyro_hjb.mcmc import DDS, DIS, TTHJB, DiffusionKernel, IMHState, imh_init, imh_step, make_refine_fn
+
+
+def batched(propose_one):
+    """A one-proposal function (key -> (x, log_w)) as the batch proposal the IMH pool uses."""
+    return lambda key, n: jax.vmap(propose_one)(jax.random.split(key, n))
 
 # Identical computations (e.g. the IMH step of each sequential chain) compile once.
 
@@ -102,7 +107,8 @@ def test_imh_exact_proposal_always_accepts():
         return x, jnp.asarray(0.3)
 
     to_z = lambda x: {"x": x}  # noqa: E731
-    state = imh_init(propose, to_z, jax.random.PRNGKey(0), num_init=4)
+    propose = batched(propose)
+    state = imh_init(propose, to_z, jax.random.PRNGKey(0), num_init=4, pool_size=3)
     assert isinstance(state, IMHState)
     step = jax.jit(lambda s: imh_step(propose, to_z, s))
     for _ in range(5):
@@ -125,9 +131,10 @@ def test_imh_is_exact_for_a_mismatched_proposal(num_proposals):
         return x, jnp.where(jax.random.uniform(key) < 0.1, jnp.nan, lw)
 
     to_z = lambda x: {"x": x}  # noqa: E731
+    nan_propose = batched(nan_propose)
 
     def run(key):
-        s0 = imh_init(nan_propose, to_z, key, num_init=8)
+        s0 = imh_init(nan_propose, to_z, key, num_init=8, pool_size=64)
         def body(s, _):
             s = imh_step(nan_propose, to_z, s, num_proposals=num_proposals)
             return s, (s.x[0], s.diverging, s.accepted, s.log_weight)
@@ -159,9 +166,8 @@ def test_local_moves_with_bridge_weights_keep_the_chain_exact():
 
     scheme = ou_scheme(3.0, 8, "ei")
 
-    def propose(key):
-        y, lw = simulate_log_weights(key, scheme, control, log_rho, 1, 1)
-        return y[0], lw[0]
+    def propose(key, n):
+        return simulate_log_weights(key, scheme, control, log_rho, n, 1)
 
     def bridge(key, x):
         return bridge_log_weights(key, scheme, control, log_rho, x[None])[0]
@@ -188,6 +194,10 @@ def test_local_moves_with_bridge_weights_keep_the_chain_exact():
 def test_bad_arguments():
     with pytest.raises(TypeError, match="unknown settings"):
         DIS(model, num_iteration=5)
+    with pytest.raises(TypeError, match="num_iterations"):
+        DIS(model, num_iterations=5.5)
+    with pytest.raises(TypeError, match="model_kwargs"):
+        DIS(model, y=Y)
     with pytest.raises(ValueError, match="refine"):
         DIS(model, refine="nuts")
     with pytest.raises(ValueError, match="refine_steps"):
@@ -212,7 +222,7 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
 from numpyro.infer import MCMC
-from numpyro_hjb.kernel import DIS
+from numpyro_hjb.mcmc import DIS
 
 def model():
     numpyro.sample("x", dist.Normal(jnp.array([1.0, -1.0]), 0.5).to_event(1))
@@ -239,18 +249,39 @@ def test_parallel_chains_fit_outside_pmap():
     assert "OK" in out.stdout
 
 
-def test_engine_without_traceable_propose_uses_a_host_callback(vectorized, monkeypatch):
-    """An engine with JIT_PROPOSE = False (e.g. the float64 tt engine) still runs."""
+def test_engine_without_traceable_propose_uses_a_host_callback(vectorized):
+    """An engine whose propose cannot be traced (e.g. the float64 tt engine) still runs: the
+    proposal pool is refilled through a host callback."""
     import dataclasses
 
-    import numpyro_hjb.control.engine as control_engine
+    from numpyro_hjb.base import ENGINES, get_engine, register_engine
 
     kernel, _ = vectorized
-    monkeypatch.setattr(control_engine, "JIT_PROPOSE", False, raising=False)
-    fresh = dataclasses.replace(kernel.fit_result, _propose_jit=None)
-    # (the control engine's propose is slow un-jitted: keep the number of calls small)
-    mcmc = MCMC(DIS(fit_result=fresh, num_init_proposals=1), num_warmup=0, num_samples=3,
-                num_chains=2, chain_method="vectorized", progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(4), y=Y)
+    host_engine = dataclasses.replace(get_engine("dis"), name="dis-host", traceable=False)
+    register_engine(host_engine)
+    try:
+        fitted = kernel.fit_result
+        fresh = FitResult("dis-host", fitted.target, fitted.state, fitted.settings)
+        mcmc = MCMC(DiffusionKernel(engine="dis-host", fit_result=fresh, num_init_proposals=1,
+                                    pool_size=4),
+                    num_warmup=0, num_samples=6, num_chains=2, chain_method="vectorized",
+                    progress_bar=False)
+        mcmc.run(jax.random.PRNGKey(4), y=Y)
+    finally:
+        ENGINES.pop("dis-host")
     samples = mcmc.get_samples(group_by_chain=True)
-    assert samples["sigma"].shape == (2, 3) and bool(jnp.all(samples["sigma"] > 0))
+    assert samples["sigma"].shape == (2, 6) and bool(jnp.all(samples["sigma"] > 0))
+
+
+def test_changed_data_trigger_a_refit():
+    """Data changed in place are seen (compared by content, as NUTS re-reads them)."""
+    y = np.array([0.3, -0.1, 0.8, 0.5, 0.2, 0.6])
+    kernel = DIS(model, **TINY)
+    mcmc = MCMC(kernel, num_warmup=0, num_samples=5, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), y=y)
+    first = kernel.fit_result
+    mcmc.run(jax.random.PRNGKey(0), y=y)
+    assert kernel.fit_result is first
+    y += 10.0
+    mcmc.run(jax.random.PRNGKey(0), y=y)
+    assert kernel.fit_result is not first

@@ -1,13 +1,13 @@
-"""Training losses of the learned control (DESIGN.md s.3).
+"""Training losses of the learned control (docs/design.md s.3).
 
 Both take the path log weight log w = log dP_target / dP_F of :mod:`numpyro_hjb.diffusion`:
 
 * ``kl_loss``: -E_F[log w] (reverse KL up to log Z; the ELBO with the sign flipped),
   gradients through the simulated trajectory (reparametrisation).
-* ``lv_loss``: Var(log w) over trajectories from a stop-gradient copy of the current policy
-  (optionally with ``noise_scale`` > 1 for exploration); states are detached and log w is
-  re-evaluated with gradients through the F_k densities only, so nothing is backpropagated
-  through the solver. Zero at the optimum, for any sampling policy.
+* ``lv_loss``: Var(log w) over trajectories from a stop-gradient copy of the current policy;
+  states are detached and log w is re-evaluated with gradients through the F_k densities
+  only, so nothing is backpropagated through the solver. Zero at the optimum, for any
+  sampling policy.
 
 Non-finite log weights, and those further than ``max_log_weight_dev`` from the batch
 median, are masked out of the loss (and counted).
@@ -15,27 +15,15 @@ median, are masked out of the loss (and counted).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
-from ..diffusion import PathScheme, path_log_weights, simulate_log_weights, simulate_paths
+from ..diffusion import path_log_weights, simulate_log_weights, simulate_paths
+from .problem import Problem
+
+__all__ = ["kl_loss", "lv_loss", "LOSSES", "masked_mean"]
 
 Array = jax.Array
-
-
-class Problem(NamedTuple):
-    """What a loss needs besides the parameters (static under jit)."""
-
-    scheme: PathScheme
-    log_density: Callable[[Array], Array]
-    base_fn: Callable[[Array, Array], Array]  # (y (B, d), t) -> clipped score feature (B, d)
-    net_fn: Callable  # (params, y (B, d), t, base (B, d)) -> u (B, d)
-    dim: int
-    batch_size: int
-    max_log_weight_dev: float
 
 
 def _mask(log_w: Array, max_dev: float) -> Array:
@@ -44,28 +32,25 @@ def _mask(log_w: Array, max_dev: float) -> Array:
     return finite & (jnp.abs(log_w - med) < max_dev)
 
 
-def _masked_mean(x: Array, mask: Array) -> Array:
+def masked_mean(x: Array, mask: Array) -> Array:
     return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def kl_loss(params, rng_key: Array, problem: Problem) -> tuple[Array, tuple[Array, Array]]:
     """-mean(log w) over fresh trajectories of F_theta; returns (loss, (log_w, mask))."""
 
-    def control(y, t):
-        return problem.net_fn(params, y, t, problem.base_fn(y, t))
-
     _, log_w = simulate_log_weights(
-        rng_key, problem.scheme, control, problem.log_density, problem.batch_size, problem.dim
+        rng_key, problem.scheme, problem.control(params), problem.log_density,
+        problem.batch_size, problem.dim,
     )
     mask = _mask(log_w, problem.max_log_weight_dev)
-    return -_masked_mean(log_w, mask) / problem.dim, (jax.lax.stop_gradient(log_w), mask)
+    return -masked_mean(log_w, mask) / problem.dim, (jax.lax.stop_gradient(log_w), mask)
 
 
 def lv_loss(
     params,
     rng_key: Array,
     problem: Problem,
-    noise_scale: Array | float = 1.0,
     target_weight: Array | float = 0.0,
 ) -> tuple[Array, tuple[Array, Array]]:
     """Var_Q(log w) on detached trajectories of the stop-gradient policy; (loss, (log_w, mask)).
@@ -89,7 +74,6 @@ def lv_loss(
         ref_control,
         problem.batch_size,
         problem.dim,
-        noise_scale=noise_scale,
         has_aux=True,
     )
     ys, bases = jax.lax.stop_gradient((ys, bases))

@@ -1,20 +1,18 @@
-"""Warm start of the learned control from particles of the target (DESIGN.md s.2, s.3).
+"""Warm start of the learned control from particles of the target (docs/design.md s.2, s.3).
 
 Given particles x0 ~ rho (here from adaptive tempered SMC, :mod:`numpyro_hjb.smc`), the
 network u_theta is regressed on an unbiased estimate of the optimal control of the OU
-schemes, u* = grad log p_t(y) + y (reference N(0, I); with ``ou_sigma`` s the last term is
-y / s^2 and sigma^2 below is s^2 (1 - a^2)). With y = a x0 + sigma eps (a = e^{-t}, sigma^2 =
-1 - a^2)
+schemes, u* = grad log p_t(y) + y (reference N(0, I); for a reference N(0, s^2 I) the last
+term is y / s^2 and sigma^2 below is s^2 (1 - a^2)). With y = a x0 + sigma eps (a = e^{-t},
+sigma^2 = 1 - a^2)
 
     grad log p_t(y) = E[kappa grad log rho(X_0) / a - (1 - kappa) eps / sigma | X_t = y]
 
 for any kappa in [0, 1]: the target score identity (kappa = 1) and denoising score matching
 (kappa = 0). kappa = a^2 keeps the variance bounded at both ends of the time range. Times are
 drawn from the step times of the grid, and the squared error of step k is weighted by its
-path-KL rate c_k^2 / vF_k (normalised to mean 1), as in
-:mod:`numpyro_hjb.benchmarks.score_regression`. The LV loss then starts from this network
-instead of from the reference process; on manywell5 that start is what lets it leave the
-ESS-0.15 plateau of the zero initialisation (docs/benchmarks_notes.md).
+path-KL rate c_k^2 / vF_k (normalised to mean 1). The LV loss then starts from this network
+instead of from the reference process.
 
 PIS (Brownian reference sigma B_s from 0, horizon T, t = T - s the time left) has the optimal
 control u* = grad log h_t, h_t(y) = E[f(y + sigma sqrt(t) xi)], f = rho / N(0, sigma^2 T I).
@@ -37,7 +35,8 @@ import jax.numpy as jnp
 import optax
 
 from ..diffusion import ou_transition
-from .losses import Problem
+from ..optim import adam_cosine
+from .problem import Problem
 
 __all__ = [
     "brownian_control_targets",
@@ -109,9 +108,7 @@ def regress_control(params, rng_key: jax.Array, problem: Problem, sample_targets
                     final_learning_rate: float = 1e-4, grad_clip: float = 1.0):
     """Adam (cosine-decayed, global-norm clipped) on :func:`control_regression_loss`, one
     jit-compiled ``lax.scan``; returns (params, loss curve)."""
-    schedule = optax.cosine_decay_schedule(
-        learning_rate, num_iterations, alpha=final_learning_rate / learning_rate)
-    optimizer = optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(schedule))
+    optimizer = adam_cosine(learning_rate, final_learning_rate, num_iterations, grad_clip)
 
     def step(carry, key):
         params, opt_state = carry

@@ -3,7 +3,7 @@
 :func:`run_benchmark` fits ``numpyro_hjb.fit(target.model, engine=...)`` (the same path as a
 user's model), times 10,000 fresh proposals after compilation, estimates log Z from them
 (:func:`numpyro_hjb.evidence.estimate_evidence`), draws 2,000 resampled posterior samples
-and scores them against 2,000 exact samples (:mod:`numpyro_hjb.benchmarks.metrics`).
+and scores them against 2,000 exact samples (:mod:`benchmarks.metrics`).
 The peers run on the same target: ``engine="nuts"`` (NumPyro NUTS on the model) and
 ``engine="smc"`` (BlackJAX adaptive tempered SMC on the flat log density).
 
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..smc import SMC_DEFAULTS
+from numpyro_hjb.smc import SMC_DEFAULTS
 from . import metrics
 from .targets import BenchmarkTarget, get_target
 
@@ -87,8 +87,8 @@ def _timed(fn, *args):
 
 def _run_engine(target, engine, rng_key, num_samples, progress_bar, fit_config) -> dict:
     """A numpyro_hjb engine: fit, time ``num_samples`` proposals, resample 2,000 draws."""
-    from ..api import fit
-    from ..evidence import estimate_evidence
+    from numpyro_hjb.api import fit
+    from numpyro_hjb.evidence import estimate_evidence
 
     # The fit gets the run's key itself (as a user's fit(model, rng_key=PRNGKey(seed)));
     # the evaluation keys are folded off it.
@@ -156,7 +156,7 @@ def _run_nuts(target, rng_key, progress_bar) -> dict:
 def _smc_program(target: BenchmarkTarget, s: dict):
     """Adaptive tempered SMC from N(0, sigma^2 I) to rho with HMC moves
     (:func:`numpyro_hjb.smc.tempered_smc_program`), sigma = the target's ``init_scale``."""
-    from ..smc import tempered_smc_program
+    from numpyro_hjb.smc import tempered_smc_program
 
     return tempered_smc_program(target.log_density, target.dim, target.init_scale, s)
 
@@ -214,7 +214,7 @@ def run_benchmark(
     """Fit ``engine`` on the benchmark target ``target_name`` and score it.
 
     Args:
-        target_name: a name from :func:`~numpyro_hjb.benchmarks.targets.get_target`.
+        target_name: a name from :func:`~benchmarks.targets.get_target`.
         engine: a numpyro_hjb engine ("dis", "dds", "pis", "tt") or a peer ("nuts", "smc").
         seed: PRNG seed (``jax.random.PRNGKey(seed)``) of the fit and the evaluation.
         num_samples: proposals drawn (after a compiling call) for the timing and log Z.
@@ -229,7 +229,7 @@ def run_benchmark(
         num_modes, mode_tv, well_balance, compile_s, train_s, sample_s, grad_evals, ...
         (entries that do not apply are None).
     """
-    from ..api import ENGINES
+    from numpyro_hjb.base import ENGINES
 
     target = get_target(target_name)
     if engine not in ENGINES and engine not in PEERS:

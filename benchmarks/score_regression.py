@@ -8,7 +8,7 @@ KL between the fitted and the optimal sampler. The ESS of fresh paths of the reg
 network shows what the architecture can reach with an ideal training signal, to be set
 against the exact-score floor (:mod:`.discretisation_floor`) and against the LV fits.
 
-Run: ``python -m numpyro_hjb.benchmarks.score_regression manywell5 --iterations 3000
+Run: ``python -m benchmarks.score_regression manywell5 --iterations 3000
 --set num_steps=256 --set grid_power=3 --set conditioning=noise``; ``--engine dis`` regresses
 a DIS network (the optimal control is the same; only the sampler's integrator differs).
 """
@@ -16,17 +16,19 @@ a DIS network (the optimal control is the same; only the sampler's integrator di
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
 import jax
 import jax.numpy as jnp
 
-from ..api import fit
-from ..control.engine import build_problem
-from ..control.warm_start import regress_control
-from ..diffusion import ou_transition
-from ..evidence import estimate_evidence
+from numpyro_hjb.api import fit
+from numpyro_hjb.control.engine import ControlState
+from numpyro_hjb.control.problem import build_problem
+from numpyro_hjb.control.warm_start import regress_control
+from numpyro_hjb.diffusion import ou_transition
+from numpyro_hjb.evidence import estimate_evidence
 from .discretisation_floor import funnel_score, gmm9_score, manywell_score
 from .targets import get_target
 
@@ -48,7 +50,7 @@ def regress_on_exact_control(name: str, settings: dict, iterations: int = 3000,
     # A one-iteration fit supplies the target, the config and initial parameters.
     result = fit(bench.model, engine=engine, rng_key=jax.random.PRNGKey(seed), progress_bar=False,
                  **{**settings, "num_iterations": 1, "log_every": 1})
-    problem = build_problem(result.target, result.config)
+    problem = build_problem(result.target, result.settings)
     times = problem.scheme.times[:-1]
 
     def exact_targets(key, n):
@@ -62,12 +64,11 @@ def regress_on_exact_control(name: str, settings: dict, iterations: int = 3000,
         return ks, y, u_star
 
     t0 = time.perf_counter()
-    params, curve = regress_control(result.state["params"], jax.random.PRNGKey(seed + 1),
+    params, curve = regress_control(result.state.params, jax.random.PRNGKey(seed + 1),
                                     problem, exact_targets, iterations, batch)
     jax.block_until_ready(params)
     train_s = time.perf_counter() - t0
-    result.state = {"params": params}
-    result._propose_jit = None
+    result = dataclasses.replace(result, state=ControlState(params), _cache={})
     _, log_w = result.propose(jax.random.PRNGKey(seed + 2), 10_000)
     est = estimate_evidence(log_w)
     return {"target": name, "settings": settings, "iterations": iterations, "batch": batch,
@@ -77,7 +78,7 @@ def regress_on_exact_control(name: str, settings: dict, iterations: int = 3000,
 
 
 def main(argv=None) -> None:
-    from ..__main__ import parse_settings
+    from .cli import parse_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("target", choices=["gmm9", "manywell5", "funnel10"])

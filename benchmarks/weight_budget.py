@@ -8,7 +8,7 @@ window the variance of its sum and its covariance with the rest of log w are rep
 log w about its median show whether the ESS is lost to a broad spread or to a tail of bad
 paths, and the end points of the worst paths say where those paths land.
 
-Run: ``python -m numpyro_hjb.benchmarks.weight_budget manywell5 --engine dds
+Run: ``python -m benchmarks.weight_budget manywell5 --engine dds
 --set num_steps=256 ...`` (fits, then reports on fresh paths).
 """
 
@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..api import FitResult, fit
-from ..control.engine import build_problem
-from ..diffusion import path_log_weight_terms, simulate_paths
-from ..evidence import estimate_evidence
+from numpyro_hjb.api import FitResult, fit
+from numpyro_hjb.control.problem import build_problem
+from numpyro_hjb.diffusion import path_log_weight_terms, simulate_paths
+from numpyro_hjb.evidence import estimate_evidence
 from .targets import get_target
 
 #: window edges in diffusion time t (the generation runs from t = T down to 0)
@@ -45,13 +45,9 @@ def weight_budget(
     time windows (t in (edges[i+1], edges[i]], the first window reaching up to T)."""
     if result.engine not in ("dis", "dds", "pis"):
         raise ValueError(f"weight_budget needs a learned-control fit, got engine {result.engine!r}")
-    problem = build_problem(result.target, result.config, batch_size=num)
-    params = result.state["params"]
-
-    def control(y, t):
-        return problem.net_fn(params, y, t, problem.base_fn(y, t))
-
-    ys, us = simulate_paths(rng_key, problem.scheme, control, num, problem.dim)
+    problem = build_problem(result.target, result.settings, batch_size=num)
+    ys, us = simulate_paths(rng_key, problem.scheme, problem.control(result.state.params), num,
+                            problem.dim)
     steps, terminal, _ = path_log_weight_terms(problem.scheme, ys, us, problem.log_density)
     steps, terminal = np.asarray(steps, np.float64), np.asarray(terminal, np.float64)
     log_w = terminal + steps.sum(0)
@@ -81,9 +77,9 @@ def weight_budget(
 
 
 def main(argv: list[str]) -> None:
-    from ..__main__ import parse_settings
+    from .cli import parse_settings
 
-    ap = argparse.ArgumentParser(prog="python -m numpyro_hjb.benchmarks.weight_budget")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.weight_budget")
     ap.add_argument("target")
     ap.add_argument("--engine", default="dds")
     ap.add_argument("--seed", type=int, default=0)

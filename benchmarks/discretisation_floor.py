@@ -16,7 +16,7 @@ product it is the 1-D posterior mean of the convolution, by the same quadrature
 (:func:`manywell_pis_control`, rows "pis" of the manywell tables). manywell50 adds 45 N(0, 1)
 coordinates, whose scores and PIS controls are linear.
 
-Run: ``python -m numpyro_hjb.benchmarks.discretisation_floor [gmm9|manywell5|manywell50|funnel10]``.
+Run: ``python -m benchmarks.discretisation_floor [gmm9|manywell5|manywell50|funnel10]``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from ..diffusion import (
+from numpyro_hjb.diffusion import (
     brownian_scheme,
     control_from_score,
     ou_scheme,
     simulate_log_weights,
 )
-from ..evidence import estimate_evidence
+from numpyro_hjb.evidence import estimate_evidence
 from .targets import get_target
 
 

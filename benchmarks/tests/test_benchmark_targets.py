@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from numpyro_hjb.benchmarks import metrics
-from numpyro_hjb.benchmarks.targets import TARGETS, get_target
+from benchmarks import metrics
+from benchmarks.targets import TARGETS, get_target
 from numpyro_hjb.target import make_target
 
 NAMES = [*TARGETS, "gauss3"]
@@ -189,7 +189,7 @@ def _row(target, method, settings, dlz):
 
 
 def test_write_results_upserts(tmp_path):
-    from numpyro_hjb.benchmarks.runner import write_results
+    from benchmarks.runner import write_results
 
     out = str(tmp_path / "b.md")
     write_results([_row("gmm9", "DIS-LV", "defaults", 0.5)], out)
@@ -205,7 +205,7 @@ def test_write_results_upserts(tmp_path):
     assert "| gmm9 | DIS-LV | defaults | 0.250 ± 0.010 |" in text
     assert "| gmm9 | SMC | defaults | – |" in text
     assert "eps = 0.05" in text and "2 CPU cores" in text
-    from numpyro_hjb.benchmarks.runner import format_row
+    from benchmarks.runner import format_row
 
     assert "| defaults (seed 2) |" in format_row(dict(_row("gmm9", "DIS-LV", "defaults", 0.1),
                                                       seeds=[2]))
@@ -214,8 +214,8 @@ def test_write_results_upserts(tmp_path):
 
 
 def test_labels_and_settings_parsing():
-    from numpyro_hjb.__main__ import parse_settings
-    from numpyro_hjb.benchmarks.runner import method_label, run_benchmark, settings_label
+    from benchmarks.cli import parse_settings
+    from benchmarks.runner import method_label, run_benchmark, settings_label
 
     cfg = parse_settings(["num_iterations=50", "learning_rate=1e-3", "hidden=64,64",
                           "whitening=laplace", "flag=true", "sizes=(128, 128)", "one=[8]"])
@@ -238,7 +238,7 @@ def test_exact_ou_scores_satisfy_steins_identity(name, stationary_var):
     under y ~ p_t (exact draws pushed through the OU transition with stationary law
     N(0, stationary_var I)), E[s(y)] = 0 and E[s(y) y^T] = -I (integration by parts), at a
     short and a long time."""
-    from numpyro_hjb.benchmarks.discretisation_floor import (
+    from benchmarks.discretisation_floor import (
         manywell50_controls,
         funnel_score,
         gmm9_score,
@@ -270,7 +270,7 @@ def test_manywell_pis_control_matches_the_bridge_estimates(name):
     """The quadrature PIS control of the many-well targets against the unbiased bridge
     estimates of control.warm_start on exact draws: E[u(y) g(y)] = E[u_hat g(y)] for g = 1
     and g = y."""
-    from numpyro_hjb.benchmarks.discretisation_floor import (
+    from benchmarks.discretisation_floor import (
         manywell50_controls,
         manywell_pis_control,
     )
@@ -298,7 +298,7 @@ def test_manywell_pis_control_matches_the_bridge_estimates(name):
 def test_training_curve_keeps_block_means():
     """The bench row's training curve: block means over at most max_points blocks, ignoring
     non-finite values, ending at the last iteration."""
-    from numpyro_hjb.benchmarks.runner import training_curve
+    from benchmarks.runner import training_curve
 
     loss = np.arange(1000, dtype=float)
     loss[3] = np.nan

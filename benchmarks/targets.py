@@ -68,7 +68,7 @@ class BenchmarkTarget:
         mode_weights: (num_modes,) exact mode weights, or None.
         mode_centres: (num_modes, d) the mode locations (for plots), or None.
         num_wells: number of leading double-well coordinates (manywell), else 0; used by
-            :func:`~numpyro_hjb.benchmarks.metrics.well_balance`.
+            :func:`~benchmarks.metrics.well_balance`.
         init_scale: std sigma of an N(0, sigma^2 I) reference that covers the target (the
             initial distribution of the SMC peer).
         mean, cov: exact mean and covariance (Gaussian targets), else None.

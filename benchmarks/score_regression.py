@@ -1,7 +1,7 @@
 """Capacity check: can the control network represent the optimal control at all?
 
 The network u_theta of a DDS/DIS fit is regressed on the *exact* optimal control
-u* = grad log p_t + y (DESIGN.md s.2; p_t known for gmm9 in closed form and for manywell5
+u* = grad log p_t + y (docs/design.md s.2; p_t known for gmm9 in closed form and for manywell5
 by 1-D quadrature), on exact draws y ~ p_t at random step times of the grid. The squared
 error of step k is weighted by its path-KL rate c_k^2 / vF_k, so the loss estimates the path
 KL between the fitted and the optimal sampler. The ESS of fresh paths of the regressed

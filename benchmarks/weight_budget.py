@@ -1,6 +1,6 @@
 """Where along the path a learned sampler loses its importance weight.
 
-log w = (log rho(y_K) - log N(y_K; 0, final_var)) + sum_k (log r_k - log f_k)  (DESIGN.md s.3)
+log w = (log rho(y_K) - log N(y_K; 0, final_var)) + sum_k (log r_k - log f_k)  (docs/design.md s.3)
 
 is split into the terminal term and the step terms summed over time windows. For each
 window the variance of its sum and its covariance with the rest of log w are reported

@@ -2,7 +2,7 @@
 
 The centred model has a funnel (theta_j | tau concentrates as tau -> 0), where NUTS
 reports divergences. Our kernel proposes whole points from the fitted diffusion and
-corrects them on path space (DESIGN.md s.5): each step resamples among 4 fresh proposals and
+corrects them on path space (docs/design.md s.5): each step resamples among 4 fresh proposals and
 the current path (iterated SIR, exact like independence Metropolis-Hastings), then makes 3
 MALA moves of the current point, which rejoins path space through a fresh reference bridge.
 The proposals need no step size and cannot diverge; a MALA rejection is not a divergence. The reference posterior is a long NUTS run of the

@@ -7,7 +7,7 @@ Two linear regressions of fuel consumption (mpg) on standardised predictors:
     alpha ~ N(20, 10),  beta ~ N(0, 5),  sigma ~ HalfNormal(5).
 
 log Z of each model (and the log Bayes factor log Z2 - log Z1) from our engine (fresh
-proposals of the fitted diffusion sampler, DESIGN.md s.5) and from BlackJAX's adaptive
+proposals of the fitted diffusion sampler, docs/design.md s.5) and from BlackJAX's adaptive
 tempered SMC (HMC moves; log Z from the sum of the incremental normalising constants,
 its SE from the spread over independent SMC runs).
 

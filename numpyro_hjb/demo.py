@@ -6,7 +6,7 @@ Model (known noise sigma, prior scale tau)::
 
 Exact answers: posterior N(m, S) with S = (X^T X / sigma^2 + I / tau^2)^{-1},
 m = S X^T y / sigma^2, and evidence p(y) = N(y; 0, sigma^2 I + tau^2 X X^T). The latent
-site is unconstrained, so log Z of the engine (DESIGN.md s.1) is exactly log p(y).
+site is unconstrained, so log Z of the engine (docs/design.md s.1) is exactly log p(y).
 
 Run ``python -m numpyro_hjb.demo`` (or ``python -m numpyro_hjb demo``).
 """

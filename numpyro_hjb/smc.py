@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 __all__ = ["SMC_DEFAULTS", "tempered_smc_program"]
 
-#: Default settings (those of the benchmark peer in ../shared/BENCHMARKS.md).
+#: Default settings (those of the benchmark peer in docs/lab/benchmarks.md).
 SMC_DEFAULTS = {
     "num_particles": 2000,
     "target_ess": 0.5,

@@ -1,4 +1,4 @@
-"""Path weights of the diffusion samplers: unbiasedness and the optimal control (DESIGN.md s.2-3)."""
+"""Path weights of the diffusion samplers: unbiasedness and the optimal control (docs/design.md s.2-3)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The target adapter against NumPyro's own log density (DESIGN.md s.1)."""
+"""The target adapter against NumPyro's own log density (docs/design.md s.1)."""
 
 import jax
 import jax.numpy as jnp

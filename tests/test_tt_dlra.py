@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from test_tt_hjb import _gaussian_problem
+from test_tt_hjb import _gaussian_problem, _integrate
 
 from numpyro_hjb.tt import core as C
 from numpyro_hjb.tt import cross, dlra, hjb
@@ -64,7 +64,7 @@ def test_dlra_integration_matches_the_gaussian_closed_form():
     w0, w_exact, log_z = _gaussian_problem(d)
     w = cross.cross_potential(w0, d, 2, rank=4).tt
     times = [0.1, 0.5, 2.0]
-    out = hjb.integrate(w, times, integrator="dlra", step_tol=1e-6, stop_tol=1e-7)
+    out = _integrate(w, times, integrator="dlra", step_tol=1e-6, stop_tol=1e-7)
     x = np.random.default_rng(2).normal(size=(200, d))
     for w_t, t in zip(out.snapshots, out.snapshot_times):
         assert C.ranks(w_t) == C.ranks(C.round_tt(w, 1e-11))

@@ -6,13 +6,23 @@ import numpy as np
 import pytest
 
 import numpyro_hjb
+import numpyro_hjb.tt.engine as engine  # registers the engine "tt"
 from numpyro_hjb.target import Target
-from numpyro_hjb.tt import engine
-from numpyro_hjb.tt.acceptance import gauss_target
+from numpyro_hjb.tt.settings import TTSettings
 
 
 def _gauss_target(d, log_z=0.4, seed=0):
-    return gauss_target(d, seed, log_z, eigenvalues=(0.2, 5.0), mean_scale=0.5)
+    """exp(log_z) N(m, S) with S = Q diag(geomspace(0.2, 5)) Q^T, Q a random rotation, and
+    m ~ N(0, I / 4); returns (target, m, S, log_z)."""
+    rng = np.random.default_rng(seed)
+    rotation = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    cov = (rotation * np.geomspace(0.2, 5.0, d)) @ rotation.T
+    mean = 0.5 * rng.normal(size=d)
+
+    def log_density(x):
+        return jax.scipy.stats.multivariate_normal.logpdf(x, mean, cov) + log_z
+
+    return Target.from_log_density(log_density, d), mean, cov, log_z
 
 
 FAST = dict(num_sampling_steps=20, horizon=5.0, step_tol=1e-5, t_max=20.0)
@@ -24,7 +34,7 @@ def test_fit_gaussian_log_z_and_weights(sampler):
     res = numpyro_hjb.fit(target, engine="tt", progress_bar=False, sampler=sampler, **FAST)
     assert res.info["formulation"] == "hjb"
     assert res.info["log_z_readoff"] == pytest.approx(log_z, abs=1e-4)
-    assert res.state["cores"][0].dtype == np.float64
+    assert res.state.cores[0].dtype == np.float64
     ev = res.log_evidence(jax.random.PRNGKey(1), num_samples=1000)
     assert ev.log_z == pytest.approx(log_z, abs=5 * ev.log_z_se + 1e-3)
     if sampler == "ode":
@@ -39,11 +49,12 @@ def test_score_fn_matches_closed_form():
     from numpyro_hjb.diffusion import gaussian_ou_marginal
 
     target, m, s, _ = _gauss_target(2, seed=3)
-    state, _, _ = engine.fit(target, jax.random.PRNGKey(0), {**engine.DEFAULTS, **FAST}, False)
+    settings = engine.TT_ENGINE.make_settings(**FAST)
+    state, _ = engine.fit(target, jax.random.PRNGKey(0), settings, False)
     x = np.random.default_rng(0).normal(size=(50, 2))
     with jax.enable_x64(True):
         for j in (0, 5, 20):
-            t = float(state["times"][j])
+            t = float(state.times[j])
             mt, st = gaussian_ou_marginal(jnp.asarray(m), jnp.asarray(s), t)
             exact = -(x - np.asarray(mt)) @ np.linalg.inv(np.asarray(st))
             got = np.asarray(engine.score_fn(state, jnp.asarray(x), t))
@@ -72,12 +83,12 @@ def test_scaled_non_gaussian_target_weights_are_consistent():
 def test_bad_settings_raise():
     target, *_ = _gauss_target(2)
     with pytest.raises(ValueError, match="sampler"):
-        engine.fit(target, jax.random.PRNGKey(0), {**engine.DEFAULTS, "sampler": "x"}, False)
+        numpyro_hjb.fit(target, engine="tt", progress_bar=False, sampler="x")
     with pytest.raises(TypeError, match="unknown settings"):
         numpyro_hjb.fit(target, engine="tt", progress_bar=False, not_a_setting=1)
     bad = Target.from_log_density(lambda x: jnp.where(x[0] > 0, 0.0, jnp.nan), 1)
     with pytest.raises(RuntimeError):
-        engine.fit(bad, jax.random.PRNGKey(0), {**engine.DEFAULTS, **FAST}, False)
+        engine.fit(bad, jax.random.PRNGKey(0), engine.TT_ENGINE.make_settings(**FAST), False)
 
 
 def test_auto_scale_moves_toward_an_accurate_fit():
@@ -87,15 +98,15 @@ def test_auto_scale_moves_toward_an_accurate_fit():
     cfg = {"formulation": "cole_hopf", "ch_degree": 48, "num_sampling_steps": 20}
     wide = Target.from_log_density(lambda x: jnp.sum(-0.5 * (x / 2.0) ** 2) + 0.3, 1)
     res = numpyro_hjb.fit(wide, engine="tt", progress_bar=False, scale="auto", **cfg)
-    assert float(res.state["scale"][0]) >= 1.5
+    assert float(res.state.scale[0]) >= 1.5
     assert res.info["log_z_readoff"] == pytest.approx(0.3 + 0.5 * np.log(2 * np.pi * 4), abs=1e-6)
-    assert min(res.info["scale_search"].values()) <= engine.DEFAULTS["scale_tol"]
+    assert min(res.info["scale_search"].values()) <= TTSettings().scaling.scale_tol
 
     well = Target.from_log_density(lambda x: -jnp.sum((x**2 - 4.0) ** 2), 1)
     ys = np.linspace(-5, 5, 200001)
     log_z = np.log(np.trapezoid(np.exp(-((ys**2 - 4.0) ** 2)), ys))
     res = numpyro_hjb.fit(well, engine="tt", progress_bar=False, scale="auto", **cfg)
-    chosen = float(res.state["scale"][0])
+    chosen = float(res.state.scale[0])
     assert chosen < 1.0
     # at this degree no scale reaches scale_tol: the search stops at the smallest indicator
     assert res.info["scale_search"][f"{chosen:.4g}"] == min(res.info["scale_search"].values())

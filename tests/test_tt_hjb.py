@@ -1,5 +1,6 @@
 """Engine 2: TT-cross and the HJB time integration against closed forms and quadrature."""
 
+import dataclasses
 import math
 
 import jax
@@ -10,6 +11,23 @@ import pytest
 from numpyro_hjb.diffusion import gaussian_ou_marginal
 from numpyro_hjb.tt import core as C
 from numpyro_hjb.tt import cross, hjb
+from numpyro_hjb.tt.settings import Adaptivity, Integration
+
+#: the integration settings these tests are written for (tighter than the engine's defaults)
+INTEGRATION = Integration(step_tol=1e-6, init_step=1e-3, min_step=1e-9)
+ADAPTIVITY = Adaptivity(max_rank=32, degree_tol=1e-7, max_degree=40)
+
+
+def _integrate(w0, times, cutoff=0.0, **options):
+    """hjb.integrate with INTEGRATION / ADAPTIVITY updated by ``options`` (by name)."""
+
+    def pick(base):
+        names = [k for k in options if k in base.option_names()]
+        return dataclasses.replace(base, **{k: options.pop(k) for k in names})
+
+    integration, adaptivity = pick(INTEGRATION), pick(ADAPTIVITY)
+    assert not options, f"not integration settings: {options}"
+    return hjb.integrate(w0, times, integration, adaptivity, cutoff=cutoff)
 
 
 def test_maxvol_bounded_coefficients():
@@ -74,7 +92,7 @@ def test_gaussian_closed_form_scores_and_log_z():
     w0, w_exact, log_z = _gaussian_problem(d)
     res = cross.cross_potential(w0, d, 2, rank=4)
     times = [0.0, 0.1, 0.5, 2.0]
-    out = hjb.integrate(res.tt, times, step_tol=1e-5, round_tol=1e-12, stop_tol=1e-7)
+    out = _integrate(res.tt, times, step_tol=1e-5, round_tol=1e-12, stop_tol=1e-7)
     x = np.random.default_rng(2).normal(size=(200, d))
     with jax.enable_x64(True):
         for w_t, t in zip(out.snapshots, out.snapshot_times):
@@ -115,9 +133,7 @@ def test_cole_hopf_identity_along_the_flow():
     d = 2
     w0, _, log_z = _gaussian_problem(d, seed=5, log_z=-0.3)
     res = cross.cross_potential(w0, d, 2, rank=4)
-    out = hjb.integrate(
-        res.tt, [0.0, 0.05, 0.3, 1.0], t_max=1.0, step_tol=1e-5, round_tol=1e-12
-    )
+    out = _integrate(res.tt, [0.0, 0.05, 0.3, 1.0], t_max=1.0, step_tol=1e-5, round_tol=1e-12)
     from numpyro_hjb.tt.basis import gauss_hermite
 
     x, w = gauss_hermite(60)
@@ -152,7 +168,7 @@ def test_double_well_1d_against_quadrature(integrator):
 
     w0 = cross.cross_potential(lambda x: -log_rho(x[:, 0]) - 0.5 * x[:, 0] ** 2, 1, 32).tt
     times = [0.0, 0.2, 1.0, 3.0]
-    out = hjb.integrate(
+    out = _integrate(
         w0, times, t_max=6.0, step_tol=1e-6, max_degree=32, init_step=1e-4, cutoff=4.0,
         integrator=integrator,
     )
@@ -175,4 +191,4 @@ def test_blow_up_raises_runtime_error():
 
     w = cross.cross_potential(w0, 1, 16).tt
     with pytest.raises(RuntimeError, match="TT-HJB"):
-        hjb.integrate(w, [0.5], step_tol=1e-6, max_degree=16, min_step=1e-7, max_steps=3000)
+        _integrate(w, [0.5], step_tol=1e-6, max_degree=16, min_step=1e-7, max_steps=3000)

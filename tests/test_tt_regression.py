@@ -1,5 +1,5 @@
 """Least-squares (ALS) fit of a functional TT to samples with gradients, and the engine's
-least-squares fallback for W_0 (issue 3)."""
+least-squares fallback for W_0."""
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +84,12 @@ def _correlated_gauss(d=3, log_z=0.3):
 FAST = {"num_sampling_steps": 10, "horizon": 5.0, "step_tol": 1e-5, "t_max": 20.0}
 
 
+def _fit_stats(target, options: dict) -> dict:
+    settings = engine.TT_ENGINE.make_settings(**options)
+    _, info = engine.fit(target, jax.random.PRNGKey(0), settings, False)
+    return info.stats
+
+
 def test_engine_least_squares_fallback_rescues_a_poor_cross():
     """A rank-1 cross cannot represent the correlated quadratic W_0 (TT rank 3); with a very
     low ls_fallback_tol the least-squares fit (rank 4) is exact, so the exact HJB runs and
@@ -91,13 +97,13 @@ def test_engine_least_squares_fallback_rescues_a_poor_cross():
     target, log_z = _correlated_gauss()
     poor = {**FAST, "cross_rank": 1, "cross_max_rank": 1}
     cfg = {**poor, "ls_fallback_tol": 1e-10}
-    _, _, info = engine.fit(target, jax.random.PRNGKey(0), cfg, False)
+    info = _fit_stats(target, cfg)
     assert info["w0_fit"] == "least_squares"
     assert info["w0_holdout_cross"] > 1e-3
     assert info["w0_holdout_ls"] < 1e-10
     assert info["formulation"] == "hjb"
     assert info["log_z_readoff"] == pytest.approx(log_z, abs=1e-4)
     # default settings: a good cross, no fallback
-    _, _, info = engine.fit(target, jax.random.PRNGKey(0), FAST, False)
+    info = _fit_stats(target, FAST)
     assert info["w0_fit"] == "cross" and np.isnan(info["w0_holdout_ls"])
     assert info["w0_holdout_cross"] < 1e-10 and info["formulation"] == "hjb"

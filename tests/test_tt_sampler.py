@@ -11,9 +11,10 @@ import pytest
 from numpyro_hjb.evidence import estimate_evidence
 from numpyro_hjb.target import Target
 from numpyro_hjb.tt import core as C
+from numpyro_hjb.tt import engine, samplers
 from numpyro_hjb.tt.basis import gauss_hermite
-from numpyro_hjb.tt import engine
 from numpyro_hjb.tt.cross import cross_potential
+from numpyro_hjb.tt.settings import Sampling, TTSettings
 
 
 def _random_tt(d=3, r=2, p=4, seed=0):
@@ -80,12 +81,11 @@ def test_tweedie_sampler_is_exact_for_a_diagonal_gaussian():
     every path weight equals Z up to the HJB time stepping and log h_T(y_0) = O(e^{-T})
     (the sampler starts from gamma, not p_T)."""
     target, _, _, log_z = _diag_gauss()
-    cfg = {**engine.DEFAULTS, "sampler": "tweedie", "num_sampling_steps": 10, "horizon": 14.0}
-    with jax.enable_x64(True):
-        state, _, info = engine.fit(target, jax.random.PRNGKey(0), cfg, False)
-        assert info["formulation"] == "hjb"
-        _, lw = engine.propose(target, cfg, state, jax.random.PRNGKey(1), 400)
-    lw = np.asarray(lw)
+    cfg = engine.TT_ENGINE.make_settings(sampler="tweedie", num_sampling_steps=10, horizon=14.0)
+    state, info = engine.fit(target, jax.random.PRNGKey(0), cfg, False)
+    assert info.stats["formulation"] == "hjb"
+    _, lw = engine.propose(target, cfg, state, jax.random.PRNGKey(1), 400)
+    assert isinstance(lw, np.ndarray) and lw.dtype == np.float64
     assert np.std(lw) < 1e-4
     assert np.mean(lw) == pytest.approx(log_z, abs=1e-4)
 
@@ -96,7 +96,7 @@ def test_final_jump_is_exact_for_a_gaussian_target():
     target, _, _, _ = _diag_gauss(d=2)
     y = jnp.tile(jnp.asarray([[0.7, -0.4]]), (300, 1))
     with jax.enable_x64(True):
-        x, inc = engine._final_jump(
+        x, inc = samplers.final_jump(
             jax.random.PRNGKey(0), y.astype(jnp.float64), jnp.asarray(0.05), target.log_density, 6
         )
         tot = np.asarray(inc + jax.vmap(target.log_density)(x) + 0.5 * jnp.sum(x**2, axis=-1))
@@ -114,15 +114,14 @@ def test_cole_hopf_tweedie_bimodal_product():
     ys = np.linspace(-6, 6, 200001)
     log_z = math.log(np.trapezoid(np.exp(-((ys**2 - 2.0) ** 2)), ys))
     target = Target.from_log_density(log_density, 1)
-    cfg = {
-        **engine.DEFAULTS, "formulation": "cole_hopf", "sampler": "tweedie",
-        "ch_degree": 48, "num_sampling_steps": 40,
-    }
-    with jax.enable_x64(True):
-        state, _, info = engine.fit(target, jax.random.PRNGKey(0), cfg, False)
-        assert info["t_switch"] > 0 and float(state["final_jump"]) == 1.0
-        assert state["times"][0] == 0.0 and state["times"][1] == pytest.approx(info["t_switch"])
-        _, lw = engine.propose(target, cfg, state, jax.random.PRNGKey(1), 2000)
+    cfg = engine.TT_ENGINE.make_settings(
+        formulation="cole_hopf", sampler="tweedie", ch_degree=48, num_sampling_steps=40
+    )
+    state, fit_info = engine.fit(target, jax.random.PRNGKey(0), cfg, False)
+    info = fit_info.stats
+    assert info["t_switch"] > 0 and state.final_jump is True and state.cole_hopf is True
+    assert state.times[0] == 0.0 and state.times[1] == pytest.approx(info["t_switch"])
+    _, lw = engine.propose(target, cfg, state, jax.random.PRNGKey(1), 2000)
     ev = estimate_evidence(lw)
     assert np.all(np.isfinite(np.asarray(lw)))
     assert ev.log_z == pytest.approx(log_z, abs=5 * ev.log_z_se + 2e-3)
@@ -131,8 +130,8 @@ def test_cole_hopf_tweedie_bimodal_product():
 
 def test_auto_sampler_follows_the_route():
     """"auto": the ODE where W is integrated (exact for Gaussians), tweedie on Cole-Hopf."""
-    cfg = {**engine.DEFAULTS}
-    assert cfg["sampler"] == "auto"
-    assert engine._sampler(cfg, cole_hopf=False) == "ode"
-    assert engine._sampler(cfg, cole_hopf=True) == "tweedie"
-    assert engine._sampler({**cfg, "sampler": "sde"}, cole_hopf=True) == "sde"
+    sampling = TTSettings().sampling
+    assert sampling.sampler == "auto"
+    assert samplers.sampler_for(sampling, cole_hopf=False) == "ode"
+    assert samplers.sampler_for(sampling, cole_hopf=True) == "tweedie"
+    assert samplers.sampler_for(Sampling(sampler="sde"), cole_hopf=True) == "sde"

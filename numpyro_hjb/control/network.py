@@ -1,4 +1,4 @@
-"""The control network u_theta(y, t) (DESIGN.md s.3, "known-good choices").
+"""The control network u_theta(y, t) (docs/design.md s.3, "Control parametrisation").
 
     u_theta(y, t) = MLP([y, e(t)]) + g_theta(t) * s(y, t) + k_theta(t) * y
 
@@ -25,7 +25,7 @@ network of its own value and the time features alone, added to the MLP output,
 
 the additive ("mean-field") part of the control. For a product target the optimal control is
 exactly of this form, and in high dimension the joint MLP learns such one-coordinate functions
-slowly, because each of its hidden units mixes every input (docs/benchmarks_notes.md,
+slowly, because each of its hidden units mixes every input (docs/lab/notes.md,
 manywell50).
 
 State-dependent score gate (``state_gate=True``): the gate on the score feature becomes

@@ -1,4 +1,4 @@
-"""Orthonormal probabilists' Hermite basis on (R, gamma = N(0, 1)) (DESIGN.md s.4).
+"""Orthonormal probabilists' Hermite basis on (R, gamma = N(0, 1)) (docs/design.md s.4).
 
     h_n = He_n / sqrt(n!),   E_gamma[h_m h_n] = delta_mn,
     h_{n+1}(x) = (x h_n(x) - sqrt(n) h_{n-1}(x)) / sqrt(n + 1),   h_0 = 1,

@@ -1,4 +1,4 @@
-"""Functional tensor trains (FTT) over the orthonormal Hermite basis (DESIGN.md s.4).
+"""Functional tensor trains (FTT) over the orthonormal Hermite basis (docs/design.md s.4).
 
     f(x) = sum_{i_1..i_d} G_1[:, i_1, :] G_2[:, i_2, :] ... G_d[:, i_d, :] h_{i_1}(x_1) ... h_{i_d}(x_d),
     G_k of shape (r_{k-1}, p_k + 1, r_k),  r_0 = r_d = 1.
@@ -7,15 +7,12 @@ Because the basis is orthonormal in L2(gamma), the L2(gamma) inner product of tw
 Frobenius inner product of their coefficient tensors, and TT rounding in coefficient space is
 rounding in L2(gamma).
 
-Two layers:
-
-* the algebra (addition, scaling, Hadamard product, orthogonalisation, rounding, norms) runs
-  on the host in numpy float64: ranks change at every step and numpy avoids a recompile per
-  shape. A :class:`TT` is nevertheless a JAX pytree (its cores are the leaves), so it can be
-  passed to jitted code and stored in the engine state.
-* batch evaluation of value, gradient and Laplacian at points (:func:`value_grad_lap`) is
-  written in jax.numpy with a Python loop over the d cores and no loop over points; call it
-  inside ``jax.jit`` under ``jax.enable_x64(True)`` for float64.
+This module is the algebra (addition, scaling, Hadamard product, |grad f|^2, the OU
+semigroup, orthogonalisation, rounding, norms), on the host in numpy float64: ranks change
+at every step, and numpy avoids a recompile per shape. A :class:`TT` is nevertheless a JAX
+pytree (its cores are the leaves), so it can be passed to jitted code. The batch evaluation
+at points (value, gradient, Laplacian, Hessian diagonal) is jax.numpy code in
+:mod:`numpyro_hjb.tt.evaluate`, re-exported here.
 """
 
 from __future__ import annotations
@@ -25,10 +22,10 @@ import math
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from .basis import derivative_matrix, eval_basis, gauss_hermite, eval_basis_np
+from .basis import derivative_matrix, eval_basis_np, gauss_hermite
+from .evaluate import gradient, value, value_grad_hess_diag, value_grad_lap
 
 __all__ = [
     "TT",
@@ -125,106 +122,6 @@ def is_finite(tt: TT) -> bool:
 
 
 # ----------------------------------------------------------------------------------------
-# evaluation at points (jax.numpy; jit-able, vmapped over points by broadcasting)
-
-
-def _mode_matrices(core, phi_k):
-    """A[b] = sum_i G[:, i, :] phi_k[b, i]: (n, r0, r1) (phi_k: basis values, (n, >= p+1))."""
-    return jnp.einsum("bi,aic->bac", phi_k[:, : core.shape[1]], core)
-
-
-def _basis_all(x, pmax: int, deriv: int):
-    """h_i^{(deriv)}(x[:, k]) for all modes at once: (n, d, pmax + 1)."""
-    return eval_basis(x, pmax, deriv, xp=jnp)
-
-
-def value(cores: Sequence, x) -> jax.Array:
-    """f(x) for x of shape (n, d) -> (n,) (numpy float64 on the host when x and the cores
-    are numpy arrays, jax.numpy otherwise)."""
-    if isinstance(x, np.ndarray) and all(isinstance(c, np.ndarray) for c in cores):
-        x = x.astype(np.float64)
-        phi = eval_basis_np(x, max(c.shape[1] for c in cores) - 1)
-        left = np.ones((x.shape[0], 1))
-        for k, core in enumerate(cores):
-            left = np.einsum("ba,bac->bc", left, np.einsum("bi,aic->bac", phi[:, k, : core.shape[1]], core))
-        return left[:, 0]
-    x = jnp.asarray(x)
-    cores = [jnp.asarray(c) for c in cores]
-    phi = _basis_all(x, max(c.shape[1] for c in cores) - 1, 0)
-    left = jnp.ones((x.shape[0], 1), x.dtype)
-    for k, core in enumerate(cores):
-        left = jnp.einsum("ba,bac->bc", left, _mode_matrices(core, phi[:, k]))
-    return left[:, 0]
-
-
-def _interface_stacks(a0: list, n: int, dtype) -> tuple[list, list]:
-    """Left and right interface products of the evaluated cores A_k (n, r_{k-1}, r_k):
-    lefts[k] = A_1 ... A_k (lefts[0] = 1), rights[k] = A_{k+1} ... A_d (rights[d] = 1)."""
-    lefts = [jnp.ones((n, 1), dtype)]
-    for a in a0:
-        lefts.append(jnp.einsum("ba,bac->bc", lefts[-1], a))
-    rights = [jnp.ones((n, 1), dtype)]
-    for a in reversed(a0):
-        rights.append(jnp.einsum("bac,bc->ba", a, rights[-1]))
-    return lefts, rights[::-1]
-
-
-def value_grad_lap(cores: Sequence, x, laplacian: bool = True):
-    """(f(x) (n,), grad f(x) (n, d), Laplacian f(x) (n,)) through left/right interface stacks.
-
-    With A_k, A'_k, A''_k the mode matrices of h, h', h'' at x_k and
-    L_k = A_1 ... A_k, R_k = A_k ... A_d:  d_mu f = L_{mu-1} A'_mu R_{mu+1},
-    Delta f = sum_mu L_{mu-1} A''_mu R_{mu+1}. (Without ``laplacian`` the third output is 0.)
-    """
-    x = jnp.asarray(x)
-    n, d = x.shape
-    cores = [jnp.asarray(c) for c in cores]
-    pmax = max(c.shape[1] for c in cores) - 1
-    phi0 = _basis_all(x, pmax, 0)
-    phi1 = _basis_all(x, pmax, 1)
-    a0 = [_mode_matrices(c, phi0[:, k]) for k, c in enumerate(cores)]
-    a1 = [_mode_matrices(c, phi1[:, k]) for k, c in enumerate(cores)]
-    lefts, rights = _interface_stacks(a0, n, x.dtype)
-    val = lefts[d][:, 0]
-    grads = []
-    lap = jnp.zeros((n,), x.dtype)
-    phi2 = _basis_all(x, pmax, 2) if laplacian else None
-    for k in range(d):
-        grads.append(jnp.einsum("ba,bac,bc->b", lefts[k], a1[k], rights[k + 1]))
-        if laplacian:
-            a2 = _mode_matrices(cores[k], phi2[:, k])
-            lap = lap + jnp.einsum("ba,bac,bc->b", lefts[k], a2, rights[k + 1])
-    return val, jnp.stack(grads, axis=-1), lap
-
-
-def value_grad_hess_diag(cores: Sequence, x):
-    """(f(x) (n,), grad f(x) (n, d), diag of the Hessian d^2 f / d x_mu^2 (n, d)).
-
-    Same interface stacks as :func:`value_grad_lap`: d_mu^2 f = L_{mu-1} A''_mu R_{mu+1}
-    (the Laplacian is the sum of the last output over mu).
-    """
-    x = jnp.asarray(x)
-    n, d = x.shape
-    cores = [jnp.asarray(c) for c in cores]
-    pmax = max(c.shape[1] for c in cores) - 1
-    phis = [_basis_all(x, pmax, m) for m in (0, 1, 2)]
-    a0 = [_mode_matrices(c, phis[0][:, k]) for k, c in enumerate(cores)]
-    lefts, rights = _interface_stacks(a0, n, x.dtype)
-    grads, diag2 = [], []
-    for k in range(d):
-        a1 = _mode_matrices(cores[k], phis[1][:, k])
-        a2 = _mode_matrices(cores[k], phis[2][:, k])
-        grads.append(jnp.einsum("ba,bac,bc->b", lefts[k], a1, rights[k + 1]))
-        diag2.append(jnp.einsum("ba,bac,bc->b", lefts[k], a2, rights[k + 1]))
-    return lefts[d][:, 0], jnp.stack(grads, axis=-1), jnp.stack(diag2, axis=-1)
-
-
-def gradient(cores: Sequence, x) -> jax.Array:
-    """grad f(x): (n, d)."""
-    return value_grad_lap(cores, x, laplacian=False)[1]
-
-
-# ----------------------------------------------------------------------------------------
 # algebra (numpy float64, host)
 
 
@@ -297,25 +194,24 @@ def _core_values(core: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     return np.einsum("qi,aib->aqb", eval_basis_np(nodes, core.shape[1] - 1), core)
 
 
-def _hadamard_core(
-    ga: np.ndarray, gb: np.ndarray, p: int, nodes: int | None = None, cutoff: float = 0.0
-) -> np.ndarray:
-    """Core of P_p(a * b) in one mode: C[(a,a'), l, (b,b')] = sum_{ij} c_{ijl} Ga[a,i,b] Gb[a',j,b'],
-    computed exactly by Gauss-Hermite quadrature with n_q >= (pa + pb + p + 1) / 2 nodes."""
+def _hadamard_core(ga: np.ndarray, gb: np.ndarray, p: int, cutoff: float = 0.0) -> np.ndarray:
+    """Core of P_p(a * b) in one mode,
+
+        C[(a,a'), l, (b,b')] = sum_{ij} c_{ijl} Ga[a,i,b] Gb[a',j,b'],
+
+    computed exactly by Gauss-Hermite quadrature with n_q >= (pa + pb + p + 1) / 2 nodes.
+
+    ``cutoff`` R > 0 projects chi_R a b instead, chi_R(x) = exp(-(x / R)^8) (damped outside
+    |x| ~ R), on n_q >= 2 p + 2 nodes."""
     pa, pb = ga.shape[1] - 1, gb.shape[1] - 1
-    nq = (pa + pb + p + 2) // 2 + 1 if nodes is None else int(nodes)
-    x, w = gauss_hermite(nq)
-    va = _core_values(ga, x)
-    vb = _core_values(gb, x)
-    prod = np.einsum("aqb,cqd->acqbd", va, vb)
-    r0 = ga.shape[0] * gb.shape[0]
-    r1 = ga.shape[2] * gb.shape[2]
-    prod = prod.reshape(r0, nq, r1)
-    if cutoff > 0:  # chi(x) = exp(-(x / R)^8): the product is damped outside |x| ~ R
+    nq = (pa + pb + p + 2) // 2 + 1
+    if cutoff > 0:
         nq = max(nq, 2 * p + 2)
-        x, w = gauss_hermite(nq)
-        prod = np.einsum("aqb,cqd->acqbd", _core_values(ga, x), _core_values(gb, x))
-        prod = prod.reshape(r0, nq, r1) * np.exp(-((x / cutoff) ** 8))[None, :, None]
+    x, w = gauss_hermite(nq)
+    prod = np.einsum("aqb,cqd->acqbd", _core_values(ga, x), _core_values(gb, x))
+    prod = prod.reshape(ga.shape[0] * gb.shape[0], nq, ga.shape[2] * gb.shape[2])
+    if cutoff > 0:
+        prod = prod * np.exp(-((x / cutoff) ** 8))[None, :, None]
     t = eval_basis_np(x, p) * w[:, None]  # (nq, p+1)
     return np.einsum("ql,aqb->alb", t, prod)
 
@@ -346,19 +242,13 @@ def partial_derivative(tt: TT, mu: int) -> TT:
     return TT(tuple(cores))
 
 
-def grad_norm_sq(
-    tt: TT, degs: Sequence[int] | int | None = None, collocation: bool = False,
-    cutoff: float = 0.0,
-) -> TT:
+def grad_norm_sq(tt: TT, degs: Sequence[int] | int | None = None, cutoff: float = 0.0) -> TT:
     """P_p |grad f|^2 = P_p sum_mu (d_mu f)^2 as one TT of rank <= 2 r^2 (before rounding).
 
     With A_k = P(G_k o G_k) and B_k = P(G'_k o G'_k) (mode-wise Hadamard cores), the sum over
-    mu is the TT with cores [B_1, A_1], [[A_k, 0], [B_k, A_k]], [A_d; B_d].
-
-    ``collocation=True`` replaces the exact projection by interpolation at p_k + 1
-    Gauss-Hermite nodes (pseudo-spectral product, aliased). ``cutoff`` R > 0 computes
-    P_p sum_mu chi_R(x_mu) (d_mu f)^2 with chi_R(x) = exp(-(x/R)^8) (the cutoff acts on the
-    differentiated coordinate only, so sums of univariate functions stay rank 2).
+    mu is the TT with cores [B_1, A_1], [[A_k, 0], [B_k, A_k]], [A_d; B_d]. ``cutoff`` R > 0
+    computes P_p sum_mu chi_R(x_mu) (d_mu f)^2 with chi_R(x) = exp(-(x/R)^8) (the cutoff acts
+    on the differentiated coordinate only, so sums of univariate functions stay rank 2).
     """
     cores = _np_cores(tt)
     d = len(cores)
@@ -367,20 +257,17 @@ def grad_norm_sq(
     elif np.isscalar(degs):
         degs = [int(degs)] * d
     return TT(tuple(
-        grad_norm_sq_core(c, k, d, p, collocation, cutoff) for k, (c, p) in enumerate(zip(cores, degs))
+        grad_norm_sq_core(c, k, d, p, cutoff) for k, (c, p) in enumerate(zip(cores, degs))
     ))
 
 
-def grad_norm_sq_core(
-    core: np.ndarray, k: int, d: int, p: int, collocation: bool = False, cutoff: float = 0.0
-) -> np.ndarray:
+def grad_norm_sq_core(core: np.ndarray, k: int, d: int, p: int, cutoff: float = 0.0) -> np.ndarray:
     """Core k of :func:`grad_norm_sq` (it depends on core k of f only): [B, A] for k = 0,
     [[A, 0], [B, A]] inside, [A; B] for k = d - 1, B alone for d = 1."""
-    nodes = p + 1 if collocation else None
-    b = _hadamard_core(_derivative_core(core), _derivative_core(core), p, nodes, cutoff)
+    b = _hadamard_core(_derivative_core(core), _derivative_core(core), p, cutoff)
     if d == 1:
         return b
-    a = _hadamard_core(core, core, p, nodes)
+    a = _hadamard_core(core, core, p)
     if k == 0:
         return np.concatenate([b, a], axis=2)
     if k == d - 1:
@@ -393,21 +280,12 @@ def grad_norm_sq_core(
     return g
 
 
-def apply_ou_semigroup(tt: TT, tau: float, viscosity: float = 0.0, order: int = 4) -> TT:
+def apply_ou_semigroup(tt: TT, tau: float) -> TT:
     """e^{tau L} f: the degree-n slice of core k is multiplied by e^{-tau n}
-    (L h_alpha = -|alpha| h_alpha, e^{-tau |alpha|} = prod_k e^{-tau alpha_k}); ranks unchanged.
-
-    ``viscosity`` nu > 0 adds spectral hyperviscosity: in mode k (degree p_k) the rate of
-    degree n becomes n + nu p_k (n / p_k)^order (only the top degrees are damped; a
-    stabilisation of the Galerkin HJB that vanishes as p -> infinity)."""
+    (L h_alpha = -|alpha| h_alpha, e^{-tau |alpha|} = prod_k e^{-tau alpha_k}); ranks unchanged."""
     out = []
     for c in _np_cores(tt):
-        n = np.arange(c.shape[1], dtype=np.float64)
-        rate = n.copy()
-        p = max(c.shape[1] - 1, 1)
-        if viscosity > 0:
-            rate = rate + viscosity * p * (n / p) ** order
-        fac = np.exp(-tau * rate)
+        fac = np.exp(-tau * np.arange(c.shape[1], dtype=np.float64))
         out.append(c * fac[None, :, None])
     return TT(tuple(out))
 

@@ -1,4 +1,4 @@
-"""W_0 = U - |x|^2/2 into FTT form from black-box calls of the potential (DESIGN.md s.4).
+"""W_0 = U - |x|^2/2 into FTT form from black-box calls of the potential (docs/design.md s.4).
 
 TT-cross by alternating maxvol sweeps (Oseledets & Tyrtyshnikov's cross interpolation, no
 DMRG supercores) on the tensor-product Gauss-Hermite grid  x_{i_1} x ... x x_{i_d}  with
@@ -230,7 +230,7 @@ def cross_potential(
     interpolation) > degree + 1 gives the discrete L2(gamma) projection on a finer grid,
     which avoids interpolation blow-up between nodes for non-polynomial f.
 
-    ``noise_rel`` > 0 ties the rounding tolerance to the measured degree-truncation error:
+    ``noise_rel`` > 0 ties the rounding tolerance to the computed degree-truncation error:
     with eps_p = max_k ||degrees p_k - 1, p_k of f in x_k|| / ||f|| (the top Hermite
     coefficient mass, :func:`core.top_degree_mass`), the TT is rounded with
 

@@ -1,8 +1,8 @@
 """Dynamical low-rank integration of the HJB equation on the fixed-rank TT manifold.
 
-The second integrator of the TT-HJB paper (DESIGN.md s.4, issue 3 item 8). Instead of
-forming e^{tau L}(W - tau N(W)) at rank <= 2 r^2 and rounding it back (``hjb.lawson_*``),
-the nonlinear flow dW/dt = -N(W), N(W) = P_p |grad W|^2, is projected onto the tangent space
+The second integrator of the TT-HJB paper (docs/design.md s.4). Instead of forming
+e^{tau L}(W - tau N(W)) at rank <= 2 r^2 and rounding it back (``hjb.lawson_*``), the
+nonlinear flow dW/dt = -N(W), N(W) = P_p |grad W|^2, is projected onto the tangent space
 of the manifold of TTs with the ranks of W and integrated there by the projector-splitting
 (KSL) scheme of Lubich, Oseledets and Vandereycken (2015, "Time integration of tensor
 trains"). One left-to-right sweep over the cores k = 1..d:
@@ -15,8 +15,9 @@ trains"). One left-to-right sweep over the cores k = 1..d:
 with X_{<k} the left-orthogonal cores 1..k-1, X_{>k} the right-orthogonal cores k+1..d and
 F = -N evaluated at the current Y of each substep; each substep is one Heun step of its local
 ODE. Core j of N(Y) depends on core j of Y only, so the interfaces of the frames with N are
-cached and a substep rebuilds one or two cores of N (O(1) cores per substep, O(d) per sweep). A sweep of tau/2 followed by its adjoint (the
-right-to-left sweep of tau/2) makes the scheme second order. The frames are orthonormal in
+cached and a substep rebuilds one or two cores of N (O(1) cores per substep, O(d) per
+sweep). A sweep of tau/2 followed by its adjoint (the right-to-left sweep of tau/2) makes
+the scheme second order. The frames are orthonormal in
 L2(gamma) because the Hermite basis is orthonormal, so every projection is a contraction of
 coefficient cores. The linear part is integrated exactly around it by Strang splitting,
 e^{tau L/2} KSL(tau) e^{tau L/2} (e^{tau L} scales the cores and keeps the rank). The ranks
@@ -47,7 +48,7 @@ __all__ = [
     "hjb_rhs_core",
     "ksl_sweep",
     "pad_to_ranks",
-    "symmetric_ksl"
+    "symmetric_ksl",
 ]
 
 
@@ -146,19 +147,17 @@ def hjb_rhs_core(core: np.ndarray, k: int, d: int, cutoff: float = 0.0) -> np.nd
     return -C.grad_norm_sq_core(core, k, d, core.shape[1] - 1, cutoff=cutoff)
 
 
-def dlra_step(w: C.TT, tau: float, viscosity: float = 0.0, cutoff: float = 0.0) -> C.TT:
+def dlra_step(w: C.TT, tau: float, cutoff: float = 0.0) -> C.TT:
     """Strang splitting e^{tau L/2} KSL_tau e^{tau L/2} of dW/dt = L W - N(W) on the manifold."""
-    half = C.apply_ou_semigroup(w, 0.5 * tau, viscosity)
+    half = C.apply_ou_semigroup(w, 0.5 * tau)
     moved = symmetric_ksl(half, tau, lambda core, k, d: hjb_rhs_core(core, k, d, cutoff))
-    return C.apply_ou_semigroup(moved, 0.5 * tau, viscosity)
+    return C.apply_ou_semigroup(moved, 0.5 * tau)
 
 
-def dlra_step_pair(
-    w: C.TT, tau: float, viscosity: float = 0.0, cutoff: float = 0.0
-) -> tuple[C.TT, C.TT, dict]:
+def dlra_step_pair(w: C.TT, tau: float, cutoff: float = 0.0) -> tuple[C.TT, C.TT, dict]:
     """(two steps of tau/2, one step of tau, norm information of the former): the pair whose
     difference estimates the local error (step doubling)."""
-    one = dlra_step(w, tau, viscosity, cutoff)
-    two = dlra_step(dlra_step(w, 0.5 * tau, viscosity, cutoff), 0.5 * tau, viscosity, cutoff)
+    one = dlra_step(w, tau, cutoff)
+    two = dlra_step(dlra_step(w, 0.5 * tau, cutoff), 0.5 * tau, cutoff)
     info = C.round_tt(two, 0.0, None, True)[1]
     return two, one, info

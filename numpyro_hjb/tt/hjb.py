@@ -1,4 +1,4 @@
-"""Time integration of the shifted HJB equation in FTT format (DESIGN.md s.4).
+"""Time integration of the shifted HJB equation in FTT format (docs/design.md s.4).
 
 With W_t = -log p_t - log Z - |x|^2/2 (p_t the OU marginal started at the target):
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from . import core as C
 from . import dlra
+from .settings import Adaptivity, Integration
 
 __all__ = [
     "HJBResult",
@@ -47,17 +48,10 @@ __all__ = [
 ]
 
 
-def nonlinear_term(
-    w: C.TT, round_tol: float, max_rank: int | None, collocation: bool = False,
-    cutoff: float = 0.0,
-) -> C.TT:
-    """N(W) = round(P_p sum_mu chi(x_mu) (d_mu W)^2) (rank <= 2 r^2 before rounding).
-
-    ``cutoff`` R > 0: chi(x) = exp(-(x / R)^8), else chi = 1;
-    ``collocation``: pseudo-spectral product at p + 1 Gauss-Hermite nodes instead."""
-    return C.round_tt(
-        C.grad_norm_sq(w, collocation=collocation, cutoff=cutoff), round_tol, max_rank
-    )
+def nonlinear_term(w: C.TT, round_tol: float, max_rank: int | None, cutoff: float = 0.0) -> C.TT:
+    """N(W) = round(P_p sum_mu chi(x_mu) (d_mu W)^2) (rank <= 2 r^2 before rounding), with
+    chi(x) = exp(-(x / R)^8) for ``cutoff`` R > 0, else chi = 1."""
+    return C.round_tt(C.grad_norm_sq(w, cutoff=cutoff), round_tol, max_rank)
 
 
 def lawson_euler_step(
@@ -66,15 +60,11 @@ def lawson_euler_step(
     round_tol: float,
     max_rank: int | None,
     n_w: C.TT | None = None,
-    viscosity: float = 0.0,
-    collocation: bool = False,
     cutoff: float = 0.0,
 ) -> C.TT:
-    """W+ = round(e^{tau L}(W - tau N(W))) (``viscosity``: see core.apply_ou_semigroup)."""
-    n_w = nonlinear_term(w, round_tol, max_rank, collocation, cutoff) if n_w is None else n_w
-    return C.round_tt(
-        C.apply_ou_semigroup(C.add(w, C.scale(n_w, -tau)), tau, viscosity), round_tol, max_rank
-    )
+    """W+ = round(e^{tau L}(W - tau N(W))) (``n_w``: N(W) if already computed)."""
+    n_w = nonlinear_term(w, round_tol, max_rank, cutoff) if n_w is None else n_w
+    return C.round_tt(C.apply_ou_semigroup(C.add(w, C.scale(n_w, -tau)), tau), round_tol, max_rank)
 
 
 def lawson_heun_step(
@@ -83,18 +73,16 @@ def lawson_heun_step(
     round_tol: float,
     max_rank: int | None,
     n_w: C.TT | None = None,
-    viscosity: float = 0.0,
-    collocation: bool = False,
     cutoff: float = 0.0,
 ) -> tuple[C.TT, C.TT, dict]:
     """Lawson-Heun (exponential RK2): returns (W_H, W_E, rounding info of W_H).
 
     W_E = round(E (W - tau N(W))),  W_H = round(E (W - tau/2 N(W)) - tau/2 N(W_E)).
     """
-    n_w = nonlinear_term(w, round_tol, max_rank, collocation, cutoff) if n_w is None else n_w
-    w_e = lawson_euler_step(w, tau, round_tol, max_rank, n_w, viscosity, collocation, cutoff)
-    n_e = nonlinear_term(w_e, round_tol, max_rank, collocation, cutoff)
-    half = C.apply_ou_semigroup(C.add(w, C.scale(n_w, -0.5 * tau)), tau, viscosity)
+    n_w = nonlinear_term(w, round_tol, max_rank, cutoff) if n_w is None else n_w
+    w_e = lawson_euler_step(w, tau, round_tol, max_rank, n_w, cutoff)
+    n_e = nonlinear_term(w_e, round_tol, max_rank, cutoff)
+    half = C.apply_ou_semigroup(C.add(w, C.scale(n_w, -0.5 * tau)), tau)
     w_h, info = C.round_tt(C.add(half, C.scale(n_e, -0.5 * tau)), round_tol, max_rank, True)
     return w_h, w_e, info
 
@@ -124,69 +112,90 @@ def _nonconst_sq(info: dict, w: C.TT) -> float:
     return max(info["norm"] ** 2 - c0**2, 0.0)
 
 
+def _grown_degrees(w: C.TT, info: dict, nonconst: float, adaptivity: Adaptivity) -> C.TT:
+    """W with ``degree_step`` more degrees in every mode whose top-degree mass exceeds
+    degree_tol ||W - E W|| (and 1e3 round_tol ||W||), up to ``max_degree``."""
+    a = adaptivity
+    top = np.asarray(info["top_degree_mass"])
+    degs = list(C.degrees(w))
+    grow = [
+        (top[k] > a.degree_tol * nonconst)
+        and (top[k] > 1e3 * a.round_tol * info["norm"])
+        and degs[k] < a.max_degree
+        for k in range(w.dim)
+    ]
+    if not any(grow):
+        return w
+    return C.pad_degrees(
+        w, [min(p + a.degree_step, a.max_degree) if g else p for p, g in zip(degs, grow)]
+    )
+
+
+def _progress_bar(total: float):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="TT-HJB", unit="t",
+                bar_format="{l_bar}{bar}| t={n:.3g}/{total:.3g} [{elapsed}{postfix}]")
+
+
 def integrate(
     w0: C.TT,
     snapshot_times: Sequence[float],
+    integration: Integration | None = None,
+    adaptivity: Adaptivity | None = None,
     *,
-    t_max: float = 40.0,
-    stop_tol: float = 1e-9,
-    integrator: str = "heun",
-    step_tol: float = 1e-6,
-    init_step: float = 1e-3,
-    min_step: float = 1e-9,
-    max_step: float = 2.0,
-    round_tol: float = 1e-11,
-    max_rank: int | None = 32,
-    degree_tol: float = 1e-7,
-    degree_step: int = 4,
-    max_degree: int = 40,
-    max_steps: int = 20000,
-    viscosity: float = 0.0,
-    collocation: bool = False,
     cutoff: float = 0.0,
-    dlra_rank: int | None = None,
     progress_bar: bool = False,
 ) -> HJBResult:
-    """Integrate dW/dt = L W - |grad W|^2 from W_0 = ``w0``.
+    """Integrate dW/dt = L W - |grad W|^2 from W_0 = ``w0`` (module docstring).
 
     Stores W at every time of ``snapshot_times`` (steps are shortened to land on them), then
-    continues until the non-constant part ||W - E W|| < stop_tol or t = t_max.
+    continues until the non-constant part ||W - E W|| < ``stop_tol`` or t = ``t_max``.
 
     Args:
-        integrator: "heun" (Lawson-Heun, accepted solution second order), "euler"
-            (Lawson-Euler solution, same error estimate) or "dlra" (projector-splitting
-            integration on the fixed-rank manifold, :mod:`numpyro_hjb.tt.dlra`: ranks stay
-            those of the rounded W_0, or ``dlra_rank`` where larger; step doubling gives the
-            error estimate; ``round_tol``/``max_rank`` only shape W_0).
-        viscosity, collocation: stabilisation options (spectral hyperviscosity in e^{tau L};
-            pseudo-spectral product) - both change the discrete equation slightly.
+        w0: the FTT of W_0.
+        snapshot_times: forward times t_j >= 0 at which W is stored.
+        integration: the integrator and its step control (:class:`~numpyro_hjb.tt.settings.
+            Integration`; default: the engine's). ``integrator`` is "heun" (Lawson-Heun,
+            second order), "euler" (Lawson-Euler, same error estimate) or "dlra"
+            (projector splitting on the fixed-rank manifold, :mod:`numpyro_hjb.tt.dlra`:
+            ranks stay those of the rounded W_0, or ``dlra_rank`` where larger; step
+            doubling gives the error estimate).
+        adaptivity: rounding, rank cap and degree growth (:class:`~numpyro_hjb.tt.settings.
+            Adaptivity`); with "dlra" the rounding only shapes W_0.
         cutoff: R > 0 integrates dW/dt = L W - sum_mu chi_R(x_mu) (d_mu W)^2 with
-            chi_R(x) = exp(-(x/R)^8). Without it the Hermite-Galerkin HJB blows up
-            within t ~ 1e-3..1e-1 for any W_0 that is not a low-degree polynomial (the top
-            Hermite coefficients drive |grad W|^2 in the far field, where L2(gamma) does not
-            control the polynomial). The cutoff leaves the bulk |x| < R unchanged up to the
+            chi_R(x) = exp(-(x/R)^8). Without it the Hermite-Galerkin HJB is unstable for a
+            W_0 that is not a low-degree polynomial (docs/design.md s.4): the top Hermite
+            coefficients drive |grad W|^2 in the far field, where L2(gamma) does not
+            control the polynomial. The cutoff leaves the bulk |x| < R unchanged up to the
             inward OU transport and makes the far field linear; Cole-Hopf no longer holds
             exactly, so the read-off is approximate (the importance weights stay exact).
+        progress_bar: a tqdm bar over t.
+
+    Returns:
+        :class:`HJBResult`: snapshots, their times (sorted), the final W and time, the
+        per-step history (time, step, max_rank, max_degree, residual ||W - E W||, error)
+        and the numbers of accepted and rejected steps.
 
     Raises:
         RuntimeError: non-finite coefficients, a step size below ``min_step`` or more than
             ``max_steps`` steps (with time, ranks and degrees in the message).
     """
-    if integrator not in ("heun", "euler", "dlra"):
-        raise ValueError(f"integrator must be 'heun', 'euler' or 'dlra', got {integrator!r}")
-    if integrator == "dlra" and collocation:
-        raise ValueError("collocation is not available with integrator='dlra'")
+    opts = Integration() if integration is None else integration
+    adapt = Adaptivity() if adaptivity is None else adaptivity
+    dlra_route = opts.integrator == "dlra"
     snaps_t = np.sort(np.asarray(snapshot_times, dtype=np.float64))
     if snaps_t.size and snaps_t[0] < 0:
         raise ValueError("snapshot times must be >= 0")
     # the error estimate is O(tau^2) for Lawson (Euler's error), O(tau^3) for DLRA (step
     # doubling of a second-order step)
-    err_exponent = 1.0 / 3.0 if integrator == "dlra" else 0.5
+    err_exponent = 1.0 / 3.0 if dlra_route else 0.5
+    round_tol, max_rank = adapt.round_tol, adapt.max_rank
     w = C.round_tt(w0, round_tol, max_rank)
-    if integrator == "dlra" and dlra_rank is not None:
-        w = dlra.pad_to_ranks(w, int(dlra_rank))
+    if dlra_route and opts.dlra_rank is not None:
+        w = dlra.pad_to_ranks(w, opts.dlra_rank)
     t = 0.0
-    tau = float(init_step)
+    tau = opts.init_step
     snapshots: list = []
     j = 0
     while j < snaps_t.size and snaps_t[j] <= 0.0:
@@ -197,27 +206,22 @@ def integrate(
     n_w = None
     bar = None
     if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=float(snaps_t[-1]) if snaps_t.size else t_max, desc="TT-HJB",
-                   unit="t", bar_format="{l_bar}{bar}| t={n:.3g}/{total:.3g} [{elapsed}{postfix}]")
+        bar = _progress_bar(float(snaps_t[-1]) if snaps_t.size else opts.t_max)
     nonconst = math.sqrt(_nonconst_sq(C.round_tt(w, 0.0, None, True)[1], w))
     try:
         while True:
             done_snaps = j >= snaps_t.size
-            if done_snaps and (nonconst < stop_tol or t >= t_max - 1e-12):
+            if done_snaps and (nonconst < opts.stop_tol or t >= opts.t_max - 1e-12):
                 break
-            t_next = snaps_t[j] if not done_snaps else t_max
-            tau_eff = min(tau, max_step, t_next - t)
+            t_next = snaps_t[j] if not done_snaps else opts.t_max
+            tau_eff = min(tau, opts.max_step, t_next - t)
             clipped = tau_eff < tau
-            if integrator == "dlra":
-                w_h, w_e, info = dlra.dlra_step_pair(w, tau_eff, viscosity, cutoff)
+            if dlra_route:
+                w_h, w_e, info = dlra.dlra_step_pair(w, tau_eff, cutoff)
             else:
                 if n_w is None:
-                    n_w = nonlinear_term(w, round_tol, max_rank, collocation, cutoff)
-                w_h, w_e, info = lawson_heun_step(
-                    w, tau_eff, round_tol, max_rank, n_w, viscosity, collocation, cutoff
-                )
+                    n_w = nonlinear_term(w, round_tol, max_rank, cutoff)
+                w_h, w_e, info = lawson_heun_step(w, tau_eff, round_tol, max_rank, n_w, cutoff)
             if not (C.is_finite(w_h) and C.is_finite(w_e)):
                 raise RuntimeError(
                     f"TT-HJB integration blew up at t={t:.6g} (step {tau_eff:.3g}): non-finite "
@@ -225,39 +229,22 @@ def integrate(
                     "step_tol/init_step, a larger degree, or whiten/scale the target."
                 )
             err = C.norm(C.sub(w_h, w_e))
-            tol = step_tol * (1.0 + nonconst)
+            tol = opts.step_tol * (1.0 + nonconst)
             factor = min(2.0, max(0.2, 0.9 * (tol / max(err, 1e-300)) ** err_exponent))
             if err <= tol:
-                w_new = w_e if integrator == "euler" else w_h
-                if integrator == "euler":
+                w_new = w_e if opts.integrator == "euler" else w_h
+                if opts.integrator == "euler":
                     info = C.round_tt(w_new, 0.0, None, True)[1]
                 t = t + tau_eff
                 if not done_snaps and abs(t - t_next) <= 1e-12 * max(1.0, t_next):
                     t = float(t_next)
-                w = w_new
                 n_w = None
-                nonconst = math.sqrt(_nonconst_sq(info, w))
+                nonconst = math.sqrt(_nonconst_sq(info, w_new))
                 num_steps += 1
-                # degree adaptivity
-                top = np.asarray(info["top_degree_mass"])
-                degs = list(C.degrees(w))
-                grow = [
-                    (top[k] > degree_tol * nonconst)
-                    and (top[k] > 1e3 * round_tol * info["norm"])
-                    and degs[k] < max_degree
-                    for k in range(w.dim)
-                ]
-                if any(grow):
-                    degs = [
-                        min(p + degree_step, max_degree) if g else p for p, g in zip(degs, grow)
-                    ]
-                    w = C.pad_degrees(w, degs)
-                hist["time"].append(t)
-                hist["step"].append(tau_eff)
-                hist["max_rank"].append(max(C.ranks(w)))
-                hist["max_degree"].append(max(C.degrees(w)))
-                hist["residual"].append(nonconst)
-                hist["error"].append(err)
+                w = _grown_degrees(w_new, info, nonconst, adapt)
+                for key, v in zip(hist, (t, tau_eff, max(C.ranks(w)), max(C.degrees(w)),
+                                         nonconst, err)):
+                    hist[key].append(v)
                 while j < snaps_t.size and snaps_t[j] <= t + 1e-12:
                     snapshots.append(w)
                     j += 1
@@ -269,15 +256,15 @@ def integrate(
             else:
                 num_rejected += 1
                 tau = tau_eff * factor
-            if tau < min_step:
+            if tau < opts.min_step:
                 raise RuntimeError(
                     f"TT-HJB step size {tau:.3g} below min_step at t={t:.6g}; ranks "
                     f"{C.ranks(w)}, degrees {C.degrees(w)} (local error {err:.3g})."
                 )
-            if num_steps + num_rejected > max_steps:
+            if num_steps + num_rejected > opts.max_steps:
                 raise RuntimeError(
-                    f"TT-HJB exceeded max_steps={max_steps} at t={t:.6g}; ranks {C.ranks(w)}, "
-                    f"degrees {C.degrees(w)}."
+                    f"TT-HJB exceeded max_steps={opts.max_steps} at t={t:.6g}; ranks "
+                    f"{C.ranks(w)}, degrees {C.degrees(w)}."
                 )
     finally:
         if bar is not None:

@@ -1,4 +1,4 @@
-"""Least-squares fit of a functional TT to samples (with gradients) by ALS (DESIGN.md s.4).
+"""Least-squares fit of a functional TT to samples (with gradients) by ALS (docs/design.md s.4).
 
 The fallback of the TT-cross for W_0 = U - |x|^2/2: given samples x_b ~ N(0, I), values
 f_b = f(x_b) and optionally gradients g_b = grad f(x_b), find the FTT

@@ -2,10 +2,9 @@
 
 Each :class:`BenchmarkTarget` is a NumPyro model (so the benchmark goes through the same
 ``make_target(model)`` path as a user's model) together with its flat unnormalised log
-density, the exact log normaliser, an exact sampler and the per-dimension true std.
-
-Flat coordinates are NumPyro's unconstrained ones (``ravel_pytree`` of the latent sites,
-sorted by name); every site here has real support, so they equal the model's coordinates.
+density, the exact log normaliser, an exact sampler and the per-dimension true std. The
+synthetic targets are given as a flat improper site plus ``numpyro.factor``
+(:func:`density_model`): the engines see only the unnormalised density.
 
 =============  ===  ==========================================================================
 name           d    log rho(x)
@@ -62,7 +61,8 @@ class BenchmarkTarget:
             ``log_density``.
         log_density: x (d,) -> log rho(x), unnormalised (jnp, jit/vmap/grad-able).
         log_z: exact log int rho.
-        sample_exact: (rng_key, n) -> (n, d) exact samples.
+        sample_exact: (rng_key, n) -> (n, d) exact samples, or None (real models: the
+            reference is ``mean`` and ``true_std``).
         true_std: (d,) exact marginal standard deviations.
         mode_of: x (n, d) -> (n,) int mode index, or None when modes are not enumerated.
         mode_weights: (num_modes,) exact mode weights, or None.
@@ -94,6 +94,19 @@ class BenchmarkTarget:
         return None if self.mode_weights is None else int(len(self.mode_weights))
 
 
+def density_model(log_density: Callable[[Array], Array], dim: int) -> Callable[[], None]:
+    """A NumPyro model whose flat unconstrained density is ``log_density``: one flat
+    (improper) site "x" of shape (dim,) and a ``numpyro.factor``. Every synthetic target is
+    given to the engines this way, so that no engine sees a prior it could sample from (a
+    mixture or funnel written as a prior would be sampled exactly by a prior-based method)."""
+
+    def model():
+        x = numpyro.sample("x", dist.ImproperUniform(constraints.real, (), (dim,)))
+        numpyro.factor("log_rho", log_density(x))
+
+    return model
+
+
 # --------------------------------------------------------------------------- gmm9
 
 GMM9_VAR = 0.3
@@ -105,15 +118,12 @@ def gmm9() -> BenchmarkTarget:
     centres = jnp.asarray(GMM9_CENTRES, dtype=jnp.float32)
     var = GMM9_VAR
 
-    def model():
-        mix = dist.Categorical(probs=jnp.full(9, 1.0 / 9.0))
-        comp = dist.Normal(centres, math.sqrt(var)).to_event(1)
-        numpyro.sample("x", dist.MixtureSameFamily(mix, comp))
-
     def log_density(x):
         sq = jnp.sum((x[None, :] - centres) ** 2, axis=-1)
         log_comp = -0.5 * sq / var - jnp.log(2.0 * jnp.pi * var)
         return jax.scipy.special.logsumexp(log_comp) - jnp.log(9.0)
+
+    model = density_model(log_density, 2)
 
     def sample_exact(rng_key, n):
         k_mode, k_noise = jax.random.split(rng_key)
@@ -154,15 +164,13 @@ def funnel10(dim: int = 10) -> BenchmarkTarget:
     s = FUNNEL_SCALE
     k = dim - 1
 
-    def model():
-        x1 = numpyro.sample("x1", dist.Normal(0.0, s))
-        numpyro.sample("x_rest", dist.Normal(0.0, jnp.exp(0.5 * x1)).expand([k]).to_event(1))
-
     def log_density(x):
         x1, rest = x[0], x[1:]
         lp1 = -0.5 * (x1 / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
         lp_rest = -0.5 * jnp.sum(rest**2) * jnp.exp(-x1) - 0.5 * k * x1
         return lp1 + lp_rest - 0.5 * k * math.log(2 * math.pi)
+
+    model = density_model(log_density, dim)
 
     def sample_exact(rng_key, n):
         k1, k2 = jax.random.split(rng_key)
@@ -231,9 +239,7 @@ def manywell(dim: int, num_wells: int, delta: float, name: str | None = None) ->
         wells = -jnp.sum((x[:k] ** 2 - delta) ** 2)
         return wells - 0.5 * jnp.sum(x[k:] ** 2)
 
-    def model():
-        x = numpyro.sample("x", dist.ImproperUniform(constraints.real, (), (dim,)))
-        numpyro.factor("log_rho", log_density(x))
+    model = density_model(log_density, dim)
 
     def sample_exact(rng_key, n):
         k1, k2 = jax.random.split(rng_key)
@@ -290,12 +296,11 @@ def gauss(dim: int, seed: int = 0) -> BenchmarkTarget:
 
     # the arrays are made at trace time, so that a float64 engine (TT-HJB) gets the float64
     # target: a float32 covariance alone shifts log Z by ~1e-6 at d = 20
-    def model():
-        numpyro.sample("x", dist.MultivariateNormal(jnp.asarray(mean), scale_tril=jnp.asarray(chol)))
-
     def log_density(x):
         dx = x - jnp.asarray(mean)
         return -0.5 * dx @ (jnp.asarray(prec) @ dx) + log_norm
+
+    model = density_model(log_density, dim)
 
     def sample_exact(rng_key, n):
         return jnp.asarray(mean) + jax.random.normal(rng_key, (n, dim)) @ jnp.asarray(chol).T
@@ -330,7 +335,9 @@ _GAUSS = re.compile(r"gauss(\d+)")
 
 def target_names() -> list[str]:
     """Registered names (``gauss{d}`` stands for any d >= 1)."""
-    return [*TARGETS, "gauss{d}"]
+    from .models import MODEL_TARGETS
+
+    return [*TARGETS, *MODEL_TARGETS, "gauss{d}"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -338,6 +345,10 @@ def get_target(name: str) -> BenchmarkTarget:
     """The benchmark target called ``name`` (see :data:`TARGETS`; ``gauss{d}`` for any d)."""
     if name in TARGETS:
         return TARGETS[name]()
+    from .models import MODEL_TARGETS
+
+    if name in MODEL_TARGETS:
+        return MODEL_TARGETS[name]()
     match = _GAUSS.fullmatch(str(name))
     if match and int(match.group(1)) >= 1:
         return gauss(int(match.group(1)))

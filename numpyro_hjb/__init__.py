@@ -9,13 +9,13 @@ drives a reverse-time SDE from a Gaussian to the posterior.
 * tensor-train HJB (``engine="tt"``): the HJB equation integrated directly in time.
 """
 
-from . import control  # noqa: F401  (registers the engines)
+from . import annealing, control, tt  # noqa: F401  (register the engines)
 from .api import DEFAULT_ENGINE, Draws, FitResult, fit, log_evidence
 from .base import ENGINES, Engine, engine_names, get_engine
 from .evidence import EvidenceEstimate, UnreliableResultError, UnreliableResultWarning, estimate_evidence
 from .inference_data import to_inference_data
 from .io import load_fit, save_fit
-from .mcmc import DDS, DIS, PIS, TTHJB
+from .mcmc import DDS, DIS, PIS, SCLD, TTHJB
 from .settings import InvalidSettingError, UnknownSettingError
 from .target import Target, make_target, whiten
 
@@ -25,6 +25,7 @@ __all__ = [
     "DDS",
     "PIS",
     "TTHJB",
+    "SCLD",
     "log_evidence",
     "to_inference_data",
     "save_fit",

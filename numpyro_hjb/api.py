@@ -139,8 +139,13 @@ class FitResult:
                 "proposals than draws returns copies"
             )
         key_prop, key_res = jax.random.split(rng_key)
-        x, log_w = self.propose(key_prop, num_proposals)
-        ev = estimate_evidence(log_w, method=f"{self.engine} importance sampling")
+        eng = self.engine_def
+        if eng.draws is not None:  # the fit holds a weighted sample already
+            x, log_w = eng.draws(self.target, self.settings, self.state, key_prop, num_proposals)
+            ev = _estimate(self, key_prop, num_proposals)
+        else:
+            x, log_w = self.propose(key_prop, num_proposals)
+            ev = estimate_evidence(log_w, method=f"{self.engine} importance sampling")
         idx = resample(key_res, log_w, num)
         unique = len(np.unique(np.asarray(idx))) / num
         check_reliability(
@@ -196,16 +201,20 @@ def log_evidence(
             "is undefined. Give these sites proper priors to compare models by evidence."
         )
     rng_key = jax.random.PRNGKey(12345) if rng_key is None else rng_key
-    eng = fit_result.engine_def
-    if eng.evidence is not None:  # an engine with its own estimator (particle systems)
-        estimate = eng.evidence(
-            fit_result.target, fit_result.settings, fit_result.state, rng_key, num_samples
-        )
-    else:
-        _, log_w = fit_result.propose(rng_key, num_samples)
-        estimate = estimate_evidence(log_w, method=f"{fit_result.engine} importance sampling")
+    estimate = _estimate(fit_result, rng_key, num_samples)
     check_reliability(estimate, what="the log Z estimate", strict=fit_result.strict)
     return estimate
+
+
+def _estimate(fit_result: FitResult, rng_key: jax.Array, num_samples: int) -> EvidenceEstimate:
+    """The estimate of log int rho (the evidence when every prior is proper), unchecked."""
+    eng = fit_result.engine_def
+    if eng.evidence is not None:  # an engine with its own estimator (particle systems)
+        return eng.evidence(
+            fit_result.target, fit_result.settings, fit_result.state, rng_key, num_samples
+        )
+    _, log_w = fit_result.propose(rng_key, num_samples)
+    return estimate_evidence(log_w, method=f"{fit_result.engine} importance sampling")
 
 
 def _reject_unknown(eng: Engine, overrides: dict, model: Any) -> None:

@@ -12,6 +12,9 @@ shape of BlackJAX's algorithms and NumPyro's ``hmc()``:
 * optionally ``evidence(target, settings, state, rng_key, num) -> EvidenceEstimate``: an
   engine whose estimate of Z is not an average of independent proposal weights (a particle
   system) gives its own estimator, with its own standard error.
+* optionally ``draws(target, settings, state, rng_key, num) -> (x (M, d), log_w (M,))``: a
+  weighted sample of the posterior the fit already holds (an engine's final particles),
+  which ``FitResult.sample`` resamples instead of drawing fresh proposals.
 * optionally ``bridge_log_weight(target, settings, state, rng_key, x) -> log_w (num,)``: the
   path weight of a fresh reference bridge ending at x (what an MCMC move of an end point
   needs to rejoin path space).
@@ -66,7 +69,7 @@ class Engine:
         name: the ``engine=`` name.
         settings: the default settings (an :class:`EngineSettings`); ``fit(**overrides)``
             maps keywords onto a copy.
-        fit, propose, bridge_log_weight, evidence: see the module docstring.
+        fit, propose, bridge_log_weight, evidence, draws: see the module docstring.
         precision: "float32" or "float64", the precision the engine computes in.
         traceable: whether ``propose`` can run inside an outer ``jax.jit``.
         description: one line for the docs and error messages.
@@ -82,6 +85,7 @@ class Engine:
     state_type: type
     bridge_log_weight: BridgeFn | None = None
     evidence: Callable | None = None
+    draws: Callable | None = None
     precision: Literal["float32", "float64"] = "float32"
     traceable: bool = True
     description: str = ""

@@ -252,7 +252,7 @@ def _laplace(target: Target, num_steps: int) -> tuple[Array, Array]:
         cov = (evecs / evals) @ evecs.T
         return x_map, jnp.linalg.cholesky(0.5 * (cov + cov.T))
 
-    return fit(target.init)
+    return fit(jnp.asarray(target.init, jnp.zeros(()).dtype))
 
 
 def _advi(target: Target, rng_key: Array, num_steps: int) -> tuple[Array, Array]:
@@ -314,7 +314,7 @@ def apply_whitening(target: Target, shift: jax.Array, scale_tril: jax.Array, met
     """Re-express an unwhitened ``target`` in x = L^{-1}(z - mu) with *given* (mu, L).
 
     The map behind :func:`whiten`, also used to restore a saved fit without the pre-fit:
-    Phi(x) = U(mu + L x) - log|det L| (DESIGN.md s.1), so Z is unchanged.
+    Phi(x) = U(mu + L x) - log|det L| (docs/design.md s.1), so Z is unchanged.
     """
     if target.whitening != "none":
         raise ValueError("target is already whitened")

@@ -29,13 +29,6 @@ def test_flat_density_matches_model(name):
     np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-4)
 
 
-def test_funnel_flat_order():
-    mt = make_target(get_target("funnel10").model)
-    z = mt.unravel(jnp.arange(10.0))
-    assert float(z["x1"]) == 0.0
-    np.testing.assert_array_equal(np.asarray(z["x_rest"]), np.arange(1.0, 10.0))
-
-
 def test_gmm9_log_z_by_grid():
     t = get_target("gmm9")
     g = np.linspace(-9.0, 9.0, 601)

@@ -248,12 +248,16 @@ class DiffusionKernel(MCMCKernel):
         def step_batch(states):
             # one predicate for all chains (they step together), so the refill runs only
             # when needed instead of on every step, as a vmapped cond would
-            full = states.pool_pos[0] + self._num_proposals > states.pool_x.shape[1]
-            states = jax.lax.cond(full, jax.vmap(refill_fn), lambda s: s, states)
+            states = jax.lax.cond(self._batch_needs_refill(states), jax.vmap(refill_fn),
+                                  lambda s: s, states)
             return step_one(states)
 
         self._sample_fn = step_batch
         return jax.vmap(init_fn)(rng_key)
+
+    def _batch_needs_refill(self, states) -> Array:
+        """Whether a batch of chains (stepping together) has used up its proposal pool."""
+        return states.pool_pos[0] + self._num_proposals > states.pool_x.shape[1]
 
     def _imh_fns(self):
         fit_result = self._fit_result

@@ -1,0 +1,90 @@
+"""Settings of the sequential annealing engine (``engine="scld"``), grouped by what they affect.
+
+The engine tunes itself: the base, the schedule, the step sizes, the mass matrix and the
+number of particle systems follow from the model and the time budget (docs/choices.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from ..settings import EngineSettings, SettingsGroup, at_least, in_range, option, positive
+
+__all__ = ["Budget", "Path", "Rejuvenation", "Control", "SCLDSettings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget(SettingsGroup):
+    """How long the fit may take, and how finely its work is split."""
+
+    time_budget: float = option(60.0, "seconds for the whole fit (pilots, training, final runs)", positive)
+    num_particles: int | None = option(
+        None, "particles per particle system (None: from the budget and a timed gradient)",
+        at_least(16),
+    )
+    num_replicates: int = option(8, "particle systems run side by side per call", at_least(2))
+    target_se: float = option(
+        0.0, "stop early once the SE of log Z is below this (0: use the whole budget)", in_range(0.0, 1e9)
+    )
+    keep_particles: int = option(8192, "weighted particles kept for the draws", at_least(16))
+
+
+@dataclasses.dataclass(frozen=True)
+class Path(SettingsGroup):
+    """The annealing path pi_beta = b^{1 - beta} rho^beta and its adaptive schedule."""
+
+    base: Literal["auto", "prior", "fitted"] = option(
+        "auto", "'prior' (proper priors), 'fitted' (to pilot particles) or 'auto' (by the pilots)"
+    )
+    widen: float = option(1.5, "the fitted base's standard deviations times this", positive)
+    refinements: int = option(4, "pilots from bases refitted to the previous pilot", at_least(0))
+    max_components: int = option(16, "components of a fitted mixture base (chosen by BIC)", at_least(1))
+    defensive: float = option(
+        0.1, "weight of the Gaussian in a fitted mixture base", in_range(0.0, 1.0, open_lo=True, open_hi=True)
+    )
+    broad_scale: float = option(
+        2.0, "initial std of the broad Gaussian for models with improper priors", positive
+    )
+    cess_target: float = option(
+        0.5, "conditional ESS of each tempering step", in_range(0.0, 1.0, open_lo=True, open_hi=True)
+    )
+    resample_ess: float = option(0.5, "resample when the ESS falls below this", in_range(0.0, 1.0))
+    max_steps: int = option(500, "cap on the number of temperatures", at_least(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejuvenation(SettingsGroup):
+    """The MCMC moves after each tempering step (BlackJAX HMC)."""
+
+    num_mcmc_steps: int = option(5, "HMC steps per temperature", at_least(1))
+    num_leapfrog: int = option(5, "leapfrog steps per HMC step", at_least(1))
+    target_acceptance: float = option(
+        0.65, "the step size follows the acceptance rate to this", in_range(0.0, 1.0, open_lo=True, open_hi=True)
+    )
+    step_jitter: float = option(
+        10.0, "per-move step sizes log-uniform in [step / J, step] (1: fixed)", at_least(1.0)
+    )
+    mass: Literal["auto", "diagonal", "dense"] = option(
+        "auto", "inverse mass matrix from the particles: dense when N >= 10 d, else diagonal"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Control(SettingsGroup):
+    """The learned control of the controlled Langevin transitions (CMCD)."""
+
+    control: Literal["auto", "off"] = option("off", "'auto': train it when it pays, 'off': never")
+
+
+@dataclasses.dataclass(frozen=True)
+class SCLDSettings(EngineSettings):
+    """All settings of the sequential annealing engine."""
+
+    budget: Budget = dataclasses.field(default_factory=Budget)
+    path: Path = dataclasses.field(default_factory=Path)
+    rejuvenation: Rejuvenation = dataclasses.field(default_factory=Rejuvenation)
+    learning: Control = dataclasses.field(default_factory=Control)
+
+    def resolve(self) -> "SCLDSettings":
+        return self

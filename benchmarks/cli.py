@@ -111,6 +111,11 @@ def _bench(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["headline"]:
+        from .headline import main as headline
+
+        return headline(argv[1:])
     return _bench(build_parser().parse_args(argv))
 
 

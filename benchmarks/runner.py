@@ -21,7 +21,6 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from numpyro_hjb.smc import SMC_DEFAULTS

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--out", default="demo.png", help="plot path (default demo.png)")
+    demo.add_argument("--time-budget", type=float, default=None,
+                      help="seconds of the sequential engine's fit (default: its default)")
     sub.add_parser("bench", help="benchmarks (from a checkout; see python -m numpyro_hjb bench -h)",
                    add_help=False)
     return parser

@@ -29,7 +29,7 @@ from .target import Target, make_target
 __all__ = ["fit", "FitResult", "Draws", "log_evidence", "fit_result_of", "DEFAULT_ENGINE"]
 
 #: the engine ``fit`` uses when none is named
-DEFAULT_ENGINE = "dds"
+DEFAULT_ENGINE = "scld"
 
 
 class Draws(NamedTuple):

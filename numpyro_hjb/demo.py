@@ -26,8 +26,8 @@ TAU = 2.0  # prior scale of the weights
 DATA_SEED = 20240601
 WEIGHTS = np.array([1.0, -2.0, 0.5])
 
-#: engine settings of the demo (learned-control engines); "tt" uses its own defaults.
-CONTROL_SETTINGS = dict(loss="lv", num_iterations=400, batch_size=256, num_steps=32)
+#: the MCMC kernel of each engine
+KERNELS = {"scld": "SCLD", "dis": "DIS", "dds": "DDS", "pis": "PIS", "tt": "TTHJB"}
 
 
 def make_data(n: int = 30, seed: int = DATA_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -68,11 +68,13 @@ def exact_log_evidence(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def main(args) -> dict:
-    """Fit ``args.engine`` (default "dds") to the demo regression, print the posterior
-    summary and log Z ± SE against the exact values, save a plot.
+    """Run ``MCMC(KERNEL(model))`` for ``args.engine`` (default: the default engine, with
+    its defaults) on the demo regression; print the posterior summary and log Z ± SE against
+    the exact values, and save a plot.
 
     ``args`` needs ``engine``, ``seed`` and ``no_progress``; optional ``out`` (plot path,
-    default ``demo.png``), ``num_samples`` and ``num_warmup``. Returns the numbers printed.
+    default ``demo.png``), ``num_samples``, ``num_warmup`` and ``time_budget`` (seconds of the
+    sequential engine's fit). Returns the numbers printed.
     """
     import jax
     import matplotlib
@@ -81,27 +83,27 @@ def main(args) -> dict:
     import matplotlib.pyplot as plt
     from numpyro.infer import MCMC
 
-    from .kernel import DiffusionKernel
-    from .model_evidence import log_evidence
+    from . import mcmc as kernels
+    from .api import DEFAULT_ENGINE, log_evidence
 
-    engine = getattr(args, "engine", None) or "dds"
+    engine = getattr(args, "engine", None) or DEFAULT_ENGINE
+    if engine not in KERNELS:
+        raise ValueError(f"engine must be one of {sorted(KERNELS)}, got {engine!r}")
     seed = int(getattr(args, "seed", 0) or 0)
     progress = not bool(getattr(args, "no_progress", False))
     out = getattr(args, "out", None) or "demo.png"
     num_samples = int(getattr(args, "num_samples", None) or 2000)
     num_warmup = int(getattr(args, "num_warmup", None) or 200)
+    budget = getattr(args, "time_budget", None)
+    overrides = {"time_budget": float(budget)} if budget and engine == "scld" else {}
 
     x, y = make_data()
     m_exact, s_exact = exact_posterior(x, y)
     log_z_exact = exact_log_evidence(x, y)
-    settings = CONTROL_SETTINGS if engine in ("dis", "dds", "pis") else {}
     print(f"numpyro_hjb demo: Bayesian linear regression, n={len(y)}, p={x.shape[1]}, "
           f"engine={engine!r}, seed={seed}")
     t0 = time.perf_counter()
-    kernel = DiffusionKernel(
-        regression_model, engine=engine, whitening="laplace", progress_bar=progress,
-        **settings,
-    )
+    kernel = getattr(kernels, KERNELS[engine])(regression_model, progress_bar=progress, **overrides)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=1,
                 progress_bar=progress)
     key_mcmc, key_ev = jax.random.split(jax.random.PRNGKey(seed))
@@ -122,13 +124,12 @@ def main(args) -> dict:
     z = (ev.log_z - log_z_exact) / ev.log_z_se if ev.log_z_se > 0 else float("nan")
     print(f"\nlog Z = {ev.log_z:.4f} ± {ev.log_z_se:.4f}  (exact {log_z_exact:.4f}; "
           f"error {ev.log_z - log_z_exact:+.4f} = {z:+.1f} SE)")
-    print(f"ELBO {ev.elbo:.4f}, ESS {ev.ess:.3f}, k-hat {ev.khat:.2f}; "
-          f"IMH acceptance {acc:.3f}; wall time {wall:.1f} s")
+    print(f"{ev.method}; ESS {ev.ess:.3f}; acceptance {acc:.3f}; wall time {wall:.1f} s")
 
     fig, axes = plt.subplots(1, x.shape[1] + 1, figsize=(4 * (x.shape[1] + 1), 3.2))
     for i in range(x.shape[1]):
         ax = axes[i]
-        ax.hist(w[:, i], bins=40, density=True, alpha=0.5, label=f"{engine} + IMH")
+        ax.hist(w[:, i], bins=40, density=True, alpha=0.5, label=f"MCMC({KERNELS[engine]})")
         sd = np.sqrt(s_exact[i, i])
         grid = np.linspace(m_exact[i] - 4 * sd, m_exact[i] + 4 * sd, 200)
         ax.plot(grid, np.exp(-0.5 * ((grid - m_exact[i]) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
@@ -136,7 +137,12 @@ def main(args) -> dict:
         ax.set_title(f"w[{i}]")
     axes[0].legend(fontsize=8)
     hist = kernel.fit_result.history
-    if "elbo" in hist and len(hist["elbo"]):
+    systems = getattr(kernel.fit_result.state, "log_z", None)
+    if systems is not None:
+        axes[-1].hist(np.asarray(systems), bins=30, alpha=0.6, label="log Z of each particle system")
+        axes[-1].axvline(log_z_exact, color="k", ls="--", label="exact log Z")
+        axes[-1].legend(fontsize=8)
+    elif "elbo" in hist and len(hist["elbo"]):
         axes[-1].plot(hist["elbo"], lw=0.8, label="training ELBO")
         axes[-1].axhline(log_z_exact, color="k", ls="--", label="exact log Z")
         axes[-1].set_ylim(log_z_exact - 5, log_z_exact + 1)
@@ -158,7 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m numpyro_hjb.demo", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--engine", default="dds", choices=["dis", "dds", "pis", "tt"])
+    parser.add_argument("--engine", default=None, choices=sorted(KERNELS),
+                        help="engine (default: the default engine)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds of the sequential engine's fit (default: its default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--out", default="demo.png", help="plot path (default demo.png)")

@@ -7,10 +7,14 @@ docs/choices.md):
    (the path then tempers the likelihood), otherwise from N(0, s^2 I) with s doubled from
    ``broad_scale`` while log Z_hat still grows by more than twice its standard error (a
    narrower base that misses mass estimates log Z low).
-2. **A Gaussian pilot.** The Gaussian with the pilot particles' mean and covariance,
-   standard deviations widened by ``widen``. It is kept if its log Z_hat is not
-   significantly below the broad pilot's (it would then miss mass) and its estimate is
-   cheaper for the same error (SE^2 times the number of temperatures).
+2. **Refined pilots.** A base fitted to the previous pilot's weighted particles (the
+   moment Gaussian or a diagonal mixture, by BIC, with a defensive Gaussian), standard
+   deviations widened by ``widen``, and a pilot from it; at most ``refinements`` times, and
+   only while it pays. The base of the final runs is the pilot whose log Z_hat is not
+   significantly below the most precise pilot's (a base that misses mass estimates it low)
+   and whose estimate is cheapest for the same error (SE^2 times seconds).
+   With ``control`` on (or "auto" on a hard target), a CMCD control is then trained on a
+   fixed schedule and kept only if its runs pay (:mod:`.controlled`).
 3. **Final runs.** Batches of R independent particle systems from the chosen base until
    the time budget is spent (or the SE of log Z falls below ``target_se``). log Z_hat is
    the log of the mean of their estimates, with the delta-method SE over the systems; the
@@ -44,9 +48,12 @@ from .reference import (
     prior_base,
     refined_base,
 )
-from .sampler import PathParams, TemperedOutput, make_tempered_program
+from .controlled import controlled_program, controlled_stage
+from .programs import Run, advance, call, choose_num_particles, combine_log_z
+from .programs import make_program
+from .sampler import TemperedOutput
 from .settings import SCLDSettings
-from .smc import KernelParams, MassPath, systematic_indices
+from .smc import MassPath, systematic_indices
 
 __all__ = ["SCLDState", "fit", "propose", "evidence", "draws", "SCLD_ENGINE", "combine_log_z"]
 
@@ -58,6 +65,9 @@ class SCLDState(NamedTuple):
         base: the base of the path: a :class:`~.reference.DefensiveBase` (fitted) or
             :class:`~.reference.DiagonalBase` (broad), or None for the model's prior.
         mass_prec0, mass_prec1: the :class:`~.smc.MassPath` of the rejuvenation moves.
+        control: the trained CMCD control's parameters, or None (adaptive tempering).
+        betas: (K+1,) the fixed schedule of the controlled runs (empty without a control).
+        langevin_step: () h of the controlled transports.
         log_z: (S,) log Z_r of the final particle systems.
         ess: (S,) ESS fraction of each system's final weights.
         x: (M, d) particles of the final systems, resampled by weight (equally weighted).
@@ -67,96 +77,16 @@ class SCLDState(NamedTuple):
     base: object
     mass_prec0: np.ndarray
     mass_prec1: np.ndarray
+    control: object
+    betas: np.ndarray
+    langevin_step: float
     log_z: np.ndarray
     ess: np.ndarray
     x: np.ndarray
     num_particles: int
 
 
-def combine_log_z(log_z) -> tuple[float, float]:
-    """(log of the mean of exp(log_z), delta-method SE) over independent replicate estimates."""
-    lz = np.asarray(log_z, np.float64)
-    lz = lz[~np.isnan(lz)]
-    if lz.size == 0 or not np.any(np.isfinite(lz)):
-        return -math.inf, math.inf
-    m = lz.max()
-    z = np.exp(lz - m)
-    mean = z.mean()
-    se = float(np.std(z, ddof=1) / (math.sqrt(z.size) * mean)) if z.size > 1 else math.inf
-    return float(m + math.log(mean)), se
-
-
 # ------------------------------------------------------------------ compiled programs
-
-_PROGRAMS: dict = {}
-
-
-#: particles per system chosen from the budget lie in [MIN_PARTICLES, MAX_PARTICLES]
-MIN_PARTICLES, MAX_PARTICLES = 128, 1024
-#: each pilot call should take about this fraction of the time budget
-PILOT_FRACTION = 0.05
-#: the final runs are split into at least this many calls (R systems each), so that the
-#: standard error over the systems rests on >= R x FINAL_CALLS of them
-FINAL_CALLS = 20
-MAX_FINAL_PARTICLES = 8192
-
-
-def choose_num_particles(target: Target, settings: SCLDSettings) -> tuple[int, float]:
-    """Particles per system from the budget: the time of one batched value-and-gradient of
-    the target is measured, and N (a power of 2) is the largest for which a pilot call (R
-    systems, ~16 temperatures of M HMC steps of L + 1 gradients, times 2 for the base and
-    the bookkeeping) takes at most ``PILOT_FRACTION`` of the budget. Returns (N, seconds per
-    particle gradient)."""
-    b, r = settings.budget, settings.rejuvenation
-    batch = 256
-    x = jnp.broadcast_to(jnp.asarray(target.init, jnp.float32), (batch, target.dim))
-    x = x + 0.01 * jax.random.normal(jax.random.PRNGKey(0), x.shape)
-    f = jax.jit(jax.vmap(jax.value_and_grad(target.log_density)))
-    jax.block_until_ready(f(x))
-    t0 = time.perf_counter()
-    for _ in range(3):
-        jax.block_until_ready(f(x))
-    per_grad = max((time.perf_counter() - t0) / (3 * batch), 1e-9)
-    if b.num_particles is not None:
-        return b.num_particles, per_grad
-    cost = b.num_replicates * 16 * r.num_mcmc_steps * (r.num_leapfrog + 1) * per_grad * 2.0
-    n = PILOT_FRACTION * b.time_budget / cost
-    n = 2 ** int(math.floor(math.log2(max(n, 1.0))))
-    return int(min(max(n, MIN_PARTICLES), MAX_PARTICLES)), per_grad
-
-
-def _program(target: Target, settings: SCLDSettings, kind: str):
-    """The compiled replicate program for a base kind: "gaussian" (its parameters a
-    :class:`GaussianBase` or :class:`DiagonalBase`, each compiled once) or "prior"; cached
-    per target and settings (so that fit, propose and repeated calls compile once)."""
-    key = (id(target), kind, settings.budget, settings.path, settings.rejuvenation)
-    hit = _PROGRAMS.get(key)
-    if hit is not None and hit[0] is target:
-        return hit[1]
-    d = target.dim
-    b, p, r = settings.budget, settings.path, settings.rejuvenation
-    kernel = KernelParams(r.num_mcmc_steps, r.num_leapfrog, r.target_acceptance, r.step_jitter)
-    path = PathParams(b.num_particles, b.num_replicates, p.cess_target, p.resample_ess,
-                      p.max_steps)
-    if kind == "prior":
-        prior = prior_base(target)
-        if prior is None:
-            raise ValueError("the model's prior cannot be the base: a latent site has an "
-                             "improper prior (or the target has no model); use base='gaussian'")
-        parts = lambda params, x: prior.parts(x)  # noqa: E731
-        base_sample = lambda params, k, n: prior.sample(k, n)  # noqa: E731
-    else:
-        log_rho = target.log_density
-
-        def parts(params, x):
-            log_b = params.log_density(x)
-            return log_b, log_rho(x) - log_b
-
-        base_sample = lambda params, k, n: params.sample(k, n)  # noqa: E731
-    program = make_tempered_program(parts, base_sample, path, kernel, d)
-    _PROGRAMS[key] = (target, program)
-    return program
-
 
 #: the refinement of the base stops when the elapsed time passes this fraction of the budget
 REFINE_FRACTION = 0.35
@@ -169,7 +99,7 @@ class _Candidate(NamedTuple):
     kind: str
     params: object
     mass: object
-    run: "_Run"
+    run: Run
     info: dict
 
 
@@ -190,43 +120,6 @@ def _choose(candidates: list, want: str) -> "_Candidate":
     return min(ok, key=lambda c: c.run.se**2 * c.run.seconds)
 
 
-class _Run(NamedTuple):
-    """A batch of replicate systems from one base, summarised on the host."""
-
-    out: TemperedOutput
-    log_z: float
-    se: float
-    steps: float
-    seconds: float
-    compile_s: float = 0.0
-
-
-_COMPILED: dict = {}
-
-
-def _compiled(program, params, mass, key):
-    """The program compiled ahead of time for these argument structures (cached), so that
-    a call's time is its run time, and the compilation time is known apart."""
-    sig = (id(program), jax.tree_util.tree_structure((params, mass)),
-           tuple(jnp.shape(v) for v in jax.tree_util.tree_leaves((params, mass))))
-    hit = _COMPILED.get(sig)
-    if hit is not None and hit[0] is program:
-        return hit[1], 0.0
-    t0 = time.perf_counter()
-    fn = program.lower(params, mass, key).compile()
-    _COMPILED[sig] = (program, fn)
-    return fn, time.perf_counter() - t0
-
-
-def _call(program, params, mass, key) -> _Run:
-    fn, compile_s = _compiled(program, params, mass, key)
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(params, mass, key))
-    lz, se = combine_log_z(out.log_z)
-    return _Run(out, lz, se, float(np.mean(np.asarray(out.num_steps))),
-                time.perf_counter() - t0, compile_s)
-
-
 def _weighted_particles(out: TemperedOutput) -> tuple[np.ndarray, np.ndarray]:
     """All particles of a batch (R N, d) and their log weights log Z_r + log W_ri."""
     x = np.asarray(out.x, np.float64)
@@ -235,7 +128,7 @@ def _weighted_particles(out: TemperedOutput) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(r * n, d), lw.reshape(r * n)
 
 
-def _gaussian_from(run: _Run, widen: float, dense: bool | None = None) -> GaussianBase | DiagonalBase:
+def _gaussian_from(run: Run, widen: float, dense: bool | None = None) -> GaussianBase | DiagonalBase:
     x, lw = _weighted_particles(run.out)
     return gaussian_from_particles(x, lw, widen=widen, dense=dense)
 
@@ -267,7 +160,7 @@ def _prior_precision(target: Target, rng_key, dense: bool | None) -> np.ndarray:
     return _precision(gaussian_from_particles(x, None, widen=1.0, dense=dense))
 
 
-def _broad_gaussian(target, settings, program, key, bar) -> tuple[_Run, DefensiveBase, float]:
+def _broad_gaussian(target, settings, program, key, bar) -> tuple[Run, DefensiveBase, float]:
     """N(0, s^2 I) with s doubled while log Z_hat grows significantly (improper priors);
     returns the run, its base and the compilation seconds."""
     d = target.dim
@@ -276,9 +169,9 @@ def _broad_gaussian(target, settings, program, key, bar) -> tuple[_Run, Defensiv
     k = components_for(d, settings.path.max_components)
     for i in range(5):
         g = gaussian_only(DiagonalBase(jnp.zeros(d), jnp.full((d,), scale)), k)
-        run = _call(program, g, MassPath.particles(d), jax.random.fold_in(key, i))
+        run = call(program, g, MassPath.particles(d), jax.random.fold_in(key, i))
         compile_s += run.compile_s
-        _advance(bar, run, f"pilot N(0, {scale:g}² I)")
+        advance(bar, run, f"pilot N(0, {scale:g}² I)")
         if best is not None and not (
             run.log_z > best[0].log_z + 2.0 * math.hypot(run.se, best[0].se)
         ):
@@ -286,20 +179,6 @@ def _broad_gaussian(target, settings, program, key, bar) -> tuple[_Run, Defensiv
         best = (run, g)
         scale *= 2.0
     return best[0], best[1], compile_s
-
-
-def _advance(bar, run: _Run, stage: str, total: tuple[float, float] | None = None) -> None:
-    if bar is None:
-        return
-    bar.n = min(round(time.perf_counter() - bar.start_t, 1), bar.total)
-    lz, se = total if total is not None else (run.log_z, run.se)
-    ess = float(np.mean([1.0 / (np.exp(2 * np.asarray(w)).sum() * w.shape[0])
-                         for w in np.asarray(run.out.log_w)]))
-    bar.set_postfix_str(
-        f"{stage}: log Z {lz:.4f} ± {se:.4f}, ESS {ess:.2f}, "
-        f"acc {float(np.mean(np.asarray(run.out.acceptance))):.2f}, {run.steps:.0f} steps"
-    )
-    bar.refresh()
 
 
 def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar: bool = True,
@@ -317,10 +196,9 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}")
     keys = jax.random.split(rng_key, 4)
     want = settings.path.base
-    user_particles = settings.budget.num_particles is not None
     num_particles, per_grad = choose_num_particles(target, settings)
     settings = settings.with_overrides({"num_particles": num_particles})
-    gauss_program = _program(target, settings, "gaussian")
+    gauss_program = make_program(target, settings, "gaussian")
     t0 = time.perf_counter()
     use_prior = want in ("auto", "prior") and prior_base(target) is not None
     if want == "prior" and not use_prior:
@@ -328,10 +206,10 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
     try:
         dense = _mass_rule(settings)
         if use_prior:
-            prior_program = _program(target, settings, "prior")
-            broad = _call(prior_program, (), MassPath.particles(target.dim), keys[0])
+            prior_program = make_program(target, settings, "prior")
+            broad = call(prior_program, (), MassPath.particles(target.dim), keys[0])
             broad_compile = broad.compile_s
-            _advance(bar, broad, "pilot from the prior")
+            advance(bar, broad, "pilot from the prior")
             broad_params, broad_kind = (), "prior"
         else:
             broad, g, broad_compile = _broad_gaussian(target, settings, gauss_program, keys[0], bar)
@@ -352,9 +230,9 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
                 settings.path.max_components, settings.path.defensive, seed=it,
             )
             mass = _mass_path(_precision(base.gaussian), post_prec)
-            run = _call(gauss_program, base, mass, jax.random.fold_in(keys[1], it))
+            run = call(gauss_program, base, mass, jax.random.fold_in(keys[1], it))
             compile_total += run.compile_s
-            _advance(bar, run, f"pilot {it + 1} from a fitted base "
+            advance(bar, run, f"pilot {it + 1} from a fitted base "
                                f"({base_info['components'] or 'Gaussian'} components)")
             candidates.append(_Candidate("gaussian", base, mass, run, base_info))
             post_prec = _precision(_gaussian_from(run, 1.0, isinstance(base.gaussian, GaussianBase)))
@@ -365,31 +243,32 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
         pilot_s = time.perf_counter() - t0
         chosen = _choose(candidates, want)
         kind, params, mass = chosen.kind, chosen.params, chosen.mass
-        # the final runs: more particles per system when a pilot-sized call would take under
-        # 1/FINAL_CALLS of the remaining budget (one more compilation)
-        remaining = budget - (time.perf_counter() - t_start)
-        growth = 1
-        while (num_particles * growth * 2 <= MAX_FINAL_PARTICLES
-               and 2 * growth * max(chosen.run.seconds, 1e-3) * FINAL_CALLS <= remaining - 10.0):
-            growth *= 2
-        if growth > 1 and not user_particles:
-            num_particles *= growth
-            settings = settings.with_overrides({"num_particles": num_particles})
+        controlled = None
+        if settings.learning.control != "off":
+            controlled = controlled_stage(target, settings, chosen, kind, params, mass, post_prec,
+                                           keys[3], t_start, bar, dense)
+        # the final runs use the pilots' particle count (no further compilation)
         if kind == "prior":
-            program = _program(target, settings, "prior")
+            program = make_program(target, settings, "prior")
             mass = _mass_path(_prior_precision(target, keys[3], dense), post_prec)
         elif mass is None:  # the broad Gaussian itself
-            program = _program(target, settings, "gaussian")
+            program = make_program(target, settings, "gaussian")
             mass = _mass_path(_precision(params.gaussian), post_prec)
         else:
-            program = _program(target, settings, "gaussian")
+            program = make_program(target, settings, "gaussian")
+        control_info = {}
+        if controlled is not None:
+            control_info = controlled["info"]
+            if controlled["pays"]:
+                program = controlled["program"]
+                chosen = chosen._replace(run=controlled["run"])
         # final runs until the budget is spent
         t_final = time.perf_counter()
         log_zs, esss, kept_x, kept_mass = [], [], [], []
-        per_call = max(chosen.run.seconds, 1e-3) * growth
+        per_call = max(chosen.run.seconds, 1e-3)
         i = 0
         while True:
-            run = _call(program, params, mass, jax.random.fold_in(keys[2], i))
+            run = call(program, params, mass, jax.random.fold_in(keys[2], i))
             compile_total += run.compile_s
             i += 1
             log_zs.append(np.asarray(run.out.log_z, np.float64))
@@ -401,7 +280,7 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
             kept_x.append(x[idx])
             kept_mass.append(float(np.log(np.mean(np.exp(lw - lw.max()))) + lw.max()))
             lz, se = combine_log_z(np.concatenate(log_zs))
-            _advance(bar, run, "final", (lz, se))
+            advance(bar, run, "final", (lz, se))
             per_call = 0.5 * (per_call + run.seconds)
             elapsed = time.perf_counter() - t_start
             if settings.budget.target_se > 0 and se < settings.budget.target_se:
@@ -418,9 +297,13 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
     pool = np.concatenate(kept_x)
     idx = np.asarray(systematic_indices(jax.random.fold_in(keys[3], 0), jnp.asarray(call_w),
                                         min(settings.budget.keep_particles, pool.shape[0])))
+    use_ctrl = controlled is not None and controlled["pays"]
     state = SCLDState(
         base=None if kind == "prior" else jax.tree_util.tree_map(np.asarray, params),
         mass_prec0=np.asarray(mass.prec0), mass_prec1=np.asarray(mass.prec1),
+        control=jax.tree_util.tree_map(np.asarray, controlled["control"]) if use_ctrl else None,
+        betas=np.asarray(controlled["betas"]) if use_ctrl else np.zeros(0, np.float32),
+        langevin_step=float(controlled["h"]) if use_ctrl else 0.0,
         log_z=log_z_all, ess=ess_all, x=pool[idx].astype(np.float32),
         num_particles=int(num_particles),
     )
@@ -437,7 +320,8 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
                     "components": c.info["components"], "log_z": c.run.log_z, "se": c.run.se,
                     "temperatures": c.run.steps, "seconds": c.run.seconds}
                    for c in candidates],
-        "chosen_pilot": next(i for i, c in enumerate(candidates) if c is chosen),
+        "chosen_pilot": next((i for i, c in enumerate(candidates) if c.params is chosen.params), -1),
+        **control_info,
         "num_systems": int(n_sys),
         "num_particles": int(num_particles),
         "seconds_per_gradient": per_grad,
@@ -458,10 +342,13 @@ def _state_program(target, settings, state: SCLDState):
     settings = settings.with_overrides({"num_particles": int(state.num_particles)})
     mass = MassPath(jnp.asarray(state.mass_prec0), jnp.asarray(state.mass_prec1),
                     jnp.zeros((), jnp.float32))
-    if state.base is None:
-        return _program(target, settings, "prior"), (), mass
-    base = jax.tree_util.tree_map(jnp.asarray, state.base)
-    return _program(target, settings, "gaussian"), base, mass
+    kind = "prior" if state.base is None else "gaussian"
+    base = () if state.base is None else jax.tree_util.tree_map(jnp.asarray, state.base)
+    if state.control is not None:
+        program = controlled_program(target, settings, kind, state.control, state.betas,
+                                      state.langevin_step)
+        return program, base, mass
+    return make_program(target, settings, kind), base, mass
 
 
 def propose(target: Target, settings: SCLDSettings, state: SCLDState, rng_key, num: int):

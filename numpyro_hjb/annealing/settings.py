@@ -74,7 +74,18 @@ class Rejuvenation(SettingsGroup):
 class Control(SettingsGroup):
     """The learned control of the controlled Langevin transitions (CMCD)."""
 
-    control: Literal["auto", "off"] = option("off", "'auto': train it when it pays, 'off': never")
+    control: Literal["auto", "on", "off"] = option(
+        "auto", "'auto': train it when the pilots' spread says the target is hard and keep it "
+        "when it pays; 'on': always train it; 'off': never"
+    )
+    loss: Literal["lv", "kl"] = option("lv", "'lv' log-variance or 'kl' reverse KL (log-derivative)")
+    control_fraction: float = option(
+        0.3, "at most this fraction of the budget is spent on training", in_range(0.0, 1.0, open_lo=True)
+    )
+    control_threshold: float = option(
+        0.3, "'auto' trains when one system's sd of log Z exceeds this", in_range(0.0, 1e9)
+    )
+    control_hidden: tuple[int, ...] = option((32, 32), "hidden widths of the control network")
 
 
 @dataclasses.dataclass(frozen=True)

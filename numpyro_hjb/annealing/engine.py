@@ -103,7 +103,13 @@ class _Candidate(NamedTuple):
     info: dict
 
 
-def _choose(candidates: list, want: str) -> "_Candidate":
+def _cost(run: Run, timed: bool) -> float:
+    """The cost of a pilot's estimate: its seconds, or, for a fit that must not depend on
+    timings (``num_systems`` set), its number of temperatures."""
+    return run.seconds if timed else run.steps
+
+
+def _choose(candidates: list, want: str, timed: bool = True) -> "_Candidate":
     """The base for the final runs: among the pilots whose log Z_hat is within 3 combined
     standard errors of the most precise pilot's (a base that misses mass estimates it low),
     the one with the smallest SE^2 x seconds; ``base="prior"`` / ``"fitted"`` restrict the
@@ -117,7 +123,7 @@ def _choose(candidates: list, want: str) -> "_Candidate":
         return candidates[-1]
     ref = min(pool, key=lambda c: c.run.se)
     ok = [c for c in pool if c.run.log_z >= ref.run.log_z - 3.0 * math.hypot(c.run.se, ref.run.se)]
-    return min(ok, key=lambda c: c.run.se**2 * c.run.seconds)
+    return min(ok, key=lambda c: c.run.se**2 * _cost(c.run, timed))
 
 
 def _weighted_particles(out: TemperedOutput) -> tuple[np.ndarray, np.ndarray]:
@@ -221,8 +227,9 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
         post_prec = _precision(_gaussian_from(broad, 1.0, dense))
         candidates = [_Candidate(broad_kind, broad_params, None, broad, {"components": -1})]
         current = broad
+        timed = settings.budget.num_systems is None
         for it in range(settings.path.refinements):
-            if time.perf_counter() - t_start > REFINE_FRACTION * budget and it > 0:
+            if timed and time.perf_counter() - t_start > REFINE_FRACTION * budget and it > 0:
                 break
             x, lw = _weighted_particles(current.out)
             base, base_info = refined_base(
@@ -237,11 +244,11 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
             candidates.append(_Candidate("gaussian", base, mass, run, base_info))
             post_prec = _precision(_gaussian_from(run, 1.0, isinstance(base.gaussian, GaussianBase)))
             current = run
-            best = min(c.run.se**2 * c.run.seconds for c in candidates[1:])
-            if it >= 2 and run.se**2 * run.seconds > 1.25 * best:
+            best = min(c.run.se**2 * _cost(c.run, timed) for c in candidates[1:])
+            if it >= 2 and run.se**2 * _cost(run, timed) > 1.25 * best:
                 break  # the refinement no longer pays
         pilot_s = time.perf_counter() - t0
-        chosen = _choose(candidates, want)
+        chosen = _choose(candidates, want, settings.budget.num_systems is None)
         kind, params, mass = chosen.kind, chosen.params, chosen.mass
         controlled = None
         if settings.learning.control != "off":
@@ -285,7 +292,10 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
             elapsed = time.perf_counter() - t_start
             if settings.budget.target_se > 0 and se < settings.budget.target_se:
                 break
-            if elapsed + per_call > budget:
+            if settings.budget.num_systems is not None:
+                if len(log_zs) * settings.budget.num_replicates >= settings.budget.num_systems:
+                    break
+            elif elapsed + per_call > budget:
                 break
     finally:
         if bar is not None:

@@ -28,6 +28,11 @@ class Budget(SettingsGroup):
         0.0, "stop early once the SE of log Z is below this (0: use the whole budget)", in_range(0.0, 1e9)
     )
     keep_particles: int = option(8192, "weighted particles kept for the draws", at_least(16))
+    num_systems: int | None = option(
+        None, "final particle systems (None: as many as the budget allows); with num_particles "
+        "also set, the fit no longer depends on timings and the same key gives the same result",
+        at_least(2),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Sample-quality and evidence metrics of BENCHMARKS.md ("Metrics"), as pure functions.
+"""Sample-quality and evidence metrics of docs/lab/benchmarks.md (its header), as pure functions.
 
 * :func:`delta_log_z`: |log Z_hat - log Z|.
 * :func:`sinkhorn_w2`: entropic OT between model and exact samples (POT), squared Euclidean

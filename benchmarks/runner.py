@@ -1,4 +1,4 @@
-"""Run one sampler on one benchmark target, score it, and publish the table (BENCHMARKS.md).
+"""Run one sampler on one benchmark target, score it, and publish it (docs/lab/benchmarks.md).
 
 :func:`run_benchmark` fits ``numpyro_hjb.fit(target.model, engine=...)`` (the same path as a
 user's model), times 10,000 fresh proposals after compilation, estimates log Z from them

@@ -1,4 +1,4 @@
-"""Benchmark targets with exact ground truth (BENCHMARKS.md, "Targets").
+"""Benchmark targets with exact ground truth (docs/benchmarks.md, docs/lab/benchmarks.md).
 
 Each :class:`BenchmarkTarget` is a NumPyro model (so the benchmark goes through the same
 ``make_target(model)`` path as a user's model) together with its flat unnormalised log

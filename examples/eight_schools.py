@@ -31,7 +31,7 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS
 
 from numpyro_hjb.inference_data import to_inference_data
-from numpyro_hjb.kernel import DDS
+from numpyro_hjb import DDS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

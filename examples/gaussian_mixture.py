@@ -22,8 +22,8 @@ import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_hjb.kernel import DIS
-from numpyro_hjb.model_evidence import log_evidence
+from numpyro_hjb import DIS
+from numpyro_hjb import log_evidence
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -33,7 +33,7 @@ MEANS = np.array([[3.0, 3.0], [-3.0, 3.0], [-3.0, -3.0], [3.0, -3.0]])
 PI = np.array([0.1, 0.2, 0.3, 0.4])
 
 #: engine settings for this example (the engine defaults are not changed)
-SETTINGS = dict(loss="lv", num_iterations=1500, batch_size=256, num_steps=64, exploration=0.5)
+SETTINGS = dict(loss="lv", num_iterations=1500, batch_size=256, num_steps=64)
 
 
 def model():

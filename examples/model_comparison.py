@@ -33,13 +33,11 @@ from blackjax.smc import resampling
 from blackjax.smc.base import extend_params
 
 import numpyro_hjb
-from numpyro_hjb.model_evidence import log_evidence
+from numpyro_hjb import log_evidence
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-#: engine settings for this example (the engine defaults are not changed)
-SETTINGS = dict(loss="lv", num_iterations=600, batch_size=256, num_steps=32)
 PRIOR = dict(alpha_loc=20.0, alpha_scale=10.0, beta_scale=5.0, sigma_scale=5.0)
 
 
@@ -124,8 +122,7 @@ def main(seed=0, progress=True, out="model_comparison.png"):
     for i, (name, x) in enumerate(models.items()):
         k_fit, k_ev, k_smc = jax.random.split(jax.random.fold_in(key, i), 3)
         t0 = time.perf_counter()
-        fitted = numpyro_hjb.fit(regression, x, y, engine="dis", rng_key=k_fit,
-                                 whitening="laplace", progress_bar=progress, **SETTINGS)
+        fitted = numpyro_hjb.fit(regression, x, y, rng_key=k_fit, progress_bar=progress)
         ev = log_evidence(fitted, rng_key=k_ev, num_samples=16384)
         t_ours = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -4,6 +4,9 @@ Engines (``numpyro_hjb.base.engine_names()``), all sharing one idea (docs/design
 density of a diffusion started at the posterior solves an HJB equation, and its gradient
 drives a reverse-time SDE from a Gaussian to the posterior.
 
+* sequential annealing (``engine="scld"``, the default): replicate tempered particle
+  systems with HMC moves from a base refitted to pilot particles, and a learned (CMCD)
+  control where it pays; it tunes itself within a time budget;
 * learned control (``engine="dis" | "dds" | "pis"``): a network drift trained on simulated
   paths with the KL or log-variance loss;
 * tensor-train HJB (``engine="tt"``): the HJB equation integrated directly in time.

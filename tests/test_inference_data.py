@@ -1,5 +1,5 @@
 """ArviZ conversion and evidence of MCMC(DDS(model)) (numpyro_hjb.inference_data,
-numpyro_hjb.model_evidence)."""
+numpyro_hjb.log_evidence)."""
 
 import dataclasses
 import warnings

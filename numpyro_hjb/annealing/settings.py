@@ -71,7 +71,8 @@ class Rejuvenation(SettingsGroup):
         10.0, "per-move step sizes log-uniform in [step / J, step] (1: fixed)", at_least(1.0)
     )
     mass: Literal["auto", "diagonal", "dense"] = option(
-        "auto", "inverse mass matrix from the particles: dense when N >= 10 d, else diagonal"
+        "auto", "inverse mass matrix from pilot particles: 'auto' is dense when some correlation "
+        "of the particles exceeds 0.3, else diagonal"
     )
 
 

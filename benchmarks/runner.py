@@ -104,7 +104,7 @@ def _run_engine(target, engine, rng_key, num_samples, progress_bar, fit_config) 
         "samples": np.asarray(z),
         "history": dict(result.history),
         "log_z": ev.log_z, "log_z_se": ev.log_z_se, "elbo": ev.elbo, "ess": ev.ess,
-        "khat": ev.khat, "num_dropped": ev.num_dropped,
+        "khat": ev.khat, "num_nonfinite": ev.num_nonfinite,
         "compile_s": info.get("compile_s"), "train_s": info.get("train_s"),
         "sample_s": sample_s, "propose_compile_s": propose_compile_s,
         "grad_evals": info.get("num_target_grad_evals"),
@@ -276,7 +276,7 @@ def run_benchmark(
         "grad_evals": run.get("grad_evals"),
         "config": run.get("config", {}),
         "curve": training_curve(run["history"]),
-        "extra": {k: run[k] for k in ("num_divergences", "num_temperatures", "num_dropped",
+        "extra": {k: run[k] for k in ("num_divergences", "num_temperatures", "num_nonfinite",
                                        "propose_compile_s", "num_target_evals", "scale_search")
                   if run.get(k) is not None},
         "device": _device(),

@@ -31,9 +31,14 @@ SMC_DEFAULTS = {
 def tempered_smc_program(
     log_density: Callable[[jax.Array], jax.Array], dim: int, init_scale: float,
     settings: dict | None = None,
+    prior: tuple[Callable, Callable] | None = None,
 ) -> Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
     """A jit-compiled ``run(rng_key) -> (particles (N, d), log_z, num_temperatures)``; the
-    particles are equally weighted (resampled by the final weights)."""
+    particles are equally weighted (resampled by the final weights).
+
+    The path starts from N(0, init_scale^2 I), or, with ``prior=(parts, sample)``, from a
+    normalised prior: ``parts(x) -> (log prior, log likelihood)`` at one point and
+    ``sample(key, n) -> (n, d)`` (the likelihood is then what is tempered)."""
     import blackjax
     from blackjax.smc import adaptive_tempered, resampling
 
@@ -44,9 +49,13 @@ def tempered_smc_program(
     log_norm = -d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi)
 
     def log_prior(x):
+        if prior is not None:
+            return prior[0](x)[0]
         return -0.5 * jnp.sum(x**2) / sigma**2 + log_norm
 
     def log_lik(x):
+        if prior is not None:
+            return prior[0](x)[1]
         return log_density(x) - log_prior(x)
 
     kernel = adaptive_tempered.build_kernel(
@@ -56,7 +65,10 @@ def tempered_smc_program(
 
     def run(rng_key):
         k_init, k_loop = jax.random.split(rng_key)
-        x0 = sigma * jax.random.normal(k_init, (s["num_particles"], d))
+        if prior is not None:
+            x0 = prior[1](k_init, s["num_particles"])
+        else:
+            x0 = sigma * jax.random.normal(k_init, (s["num_particles"], d))
         state0 = adaptive_tempered.init(x0)
         step0 = jnp.asarray(0.5 * sigma * d**-0.25)
 

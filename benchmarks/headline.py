@@ -232,7 +232,7 @@ def markdown(results: dict) -> str:
         "- **SMC**: BlackJAX adaptive tempered SMC (HMC moves; from the prior where every "
         "latent site has a proper prior, tempering the likelihood, else from N(0, s² I)), its particle "
         "count raised until its run time after compilation equals our fit's time after "
-        "compilation (run s, particles). **NUTS**: NumPyro, 2 chains × (1000 + 2000).",
+        "compilation, at most 400,000 particles (run s, particles; rows at 400,000 ran for less). **NUTS**: NumPyro, 2 chains × (1000 + 2000).",
         "- The synthetic targets are given as a flat improper site plus `numpyro.factor`: the "
         "engines see only the unnormalised density. Goals: issue 16.",
         "",

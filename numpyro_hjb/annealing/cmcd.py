@@ -97,8 +97,8 @@ def diagonal(inv_mass: Array) -> Array:
     return inv_mass if inv_mass.ndim == 1 else jnp.diag(inv_mass)
 
 
-def _forward(params, x, beta, h, inv_mass, parts, key):
-    """x' ~ F_k(. | x)."""
+def _forward_kernel(params, x, beta, h, inv_mass, parts):
+    """(mean, diagonal noise factor, its log det) of F_k(. | x) for a batch x (N, d)."""
     def log_pi(v):
         lb, ell = parts(v)
         return lb + beta * ell
@@ -107,9 +107,14 @@ def _forward(params, x, beta, h, inv_mass, parts, key):
     g = jnp.where(jnp.isfinite(g), g, 0.0)
     u = control_fn(params, x, beta, g)
     inv_mass = diagonal(inv_mass)
-    chol, _ = _noise_factor(h, inv_mass)
-    eps = jax.random.normal(key, x.shape, x.dtype)
-    return x + h * inv_mass * (g + u) + eps * chol
+    chol, log_det = _noise_factor(h, inv_mass)
+    return x + h * inv_mass * (g + u), chol, log_det
+
+
+def _forward(params, x, beta, h, inv_mass, parts, key):
+    """x' ~ F_k(. | x)."""
+    mean, chol, _ = _forward_kernel(params, x, beta, h, inv_mass, parts)
+    return mean + jax.random.normal(key, x.shape, x.dtype) * chol
 
 
 class ControlledOutput(NamedTuple):
@@ -217,13 +222,5 @@ def step_losses(ctrl: dict, out: ControlledOutput, betas: Array, h: Array, mass:
 
 
 def _log_forward_density(ctrl, x, x_new, beta, h, inv_mass, parts):
-    def log_pi(v):
-        lb, ell = parts(v)
-        return lb + beta * ell
-
-    g = jax.vmap(jax.grad(log_pi))(x)
-    g = jnp.where(jnp.isfinite(g), g, 0.0)
-    u = control_fn(ctrl, x, beta, g)
-    inv_mass = diagonal(inv_mass)
-    chol, log_det = _noise_factor(h, inv_mass)
-    return _gauss(x_new, x + h * inv_mass * (g + u), chol, log_det)
+    mean, chol, log_det = _forward_kernel(ctrl, x, beta, h, inv_mass, parts)
+    return _gauss(x_new, mean, chol, log_det)

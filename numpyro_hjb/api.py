@@ -24,9 +24,10 @@ import numpy as np
 from .base import Engine, get_engine
 from .evidence import EvidenceEstimate, check_reliability, estimate_evidence, resample
 from .settings import EngineSettings, UnknownSettingError
+from .sharding import resolve_devices, sharding_for, use_devices
 from .target import Target, make_target
 
-__all__ = ["fit", "FitResult", "Draws", "log_evidence", "fit_result_of", "DEFAULT_ENGINE"]
+__all__ = ["DEFAULT_ENGINE", "Draws", "FitResult", "fit", "fit_result_of", "log_evidence"]
 
 #: the engine ``fit`` uses when none is named
 DEFAULT_ENGINE = "scld"
@@ -71,6 +72,8 @@ class FitResult:
         history: {name: (num_iterations,)} training curves.
         info: {name: value} timings, counts and the engine's diagnostics.
         strict: raise instead of warn when a result cannot be trusted.
+        devices: the devices the particle axis is partitioned over (:mod:`numpyro_hjb.
+            sharding`); None: every device of the default backend.
     """
 
     engine: str
@@ -80,6 +83,7 @@ class FitResult:
     history: dict = dataclasses.field(default_factory=dict)
     info: dict = dataclasses.field(default_factory=dict)
     strict: bool = False
+    devices: tuple | None = None
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -96,16 +100,18 @@ class FitResult:
         log rho(x) - log q(x) (path weights for the diffusion samplers)."""
         num = _count(num, "num")
         eng = self.engine_def
-        if not eng.traceable:
-            return eng.propose(self.target, self.settings, self.state, rng_key, num)
-        fn = self._cache.get("propose")
-        if fn is None:
-            fn = jax.jit(
-                lambda state, key, n: eng.propose(self.target, self.settings, state, key, n),
-                static_argnums=2,
-            )
-            self._cache["propose"] = fn
-        return fn(self.state, rng_key, num)
+        with use_devices(self.devices):
+            if not eng.traceable:
+                return eng.propose(self.target, self.settings, self.state, rng_key, num)
+            sharding = sharding_for(num)
+            fn = self._cache.get(("propose", num))
+            if fn is None:
+                fn = jax.jit(
+                    lambda state, key: eng.propose(self.target, self.settings, state, key, num),
+                    **({} if sharding is None else {"out_shardings": sharding}),
+                )
+                self._cache[("propose", num)] = fn
+            return fn(self.state, rng_key)
 
     @property
     def can_bridge(self) -> bool:
@@ -141,7 +147,9 @@ class FitResult:
         key_prop, key_res = jax.random.split(rng_key)
         eng = self.engine_def
         if eng.draws is not None:  # the fit holds a weighted sample already
-            x, log_w = eng.draws(self.target, self.settings, self.state, key_prop, num_proposals)
+            with use_devices(self.devices):
+                x, log_w = eng.draws(self.target, self.settings, self.state, key_prop,
+                                     num_proposals)
             ev = _estimate(self, key_prop, num_proposals)
         else:
             x, log_w = self.propose(key_prop, num_proposals)
@@ -210,9 +218,10 @@ def _estimate(fit_result: FitResult, rng_key: jax.Array, num_samples: int) -> Ev
     """The estimate of log int rho (the evidence when every prior is proper), unchecked."""
     eng = fit_result.engine_def
     if eng.evidence is not None:  # an engine with its own estimator (particle systems)
-        return eng.evidence(
-            fit_result.target, fit_result.settings, fit_result.state, rng_key, num_samples
-        )
+        with use_devices(fit_result.devices):
+            return eng.evidence(
+                fit_result.target, fit_result.settings, fit_result.state, rng_key, num_samples
+            )
     _, log_w = fit_result.propose(rng_key, num_samples)
     return estimate_evidence(log_w, method=f"{fit_result.engine} importance sampling")
 
@@ -248,6 +257,7 @@ def fit(
     model_kwargs: dict | None = None,
     init_state: Any = None,
     strict: bool = False,
+    devices: int | Any | None = None,
     **overrides: Any,
 ) -> FitResult:
     """Fit a diffusion sampler to a NumPyro model (or a prepared :class:`Target`).
@@ -265,6 +275,10 @@ def fit(
         init_state: a previous fit's ``state`` (or a :class:`FitResult`) to warm-start from.
         strict: raise :class:`~numpyro_hjb.evidence.UnreliableResultError` instead of
             warning when a result cannot be trusted.
+        devices: the devices the particle axis (training batches, proposals, particle
+            systems) is partitioned over: None (default) for every device of the default
+            backend, an int for the first that many, or a sequence of ``jax.Device``
+            (:mod:`numpyro_hjb.sharding`).
         **overrides: engine settings by name, e.g. ``num_iterations=500``; a misspelt name
             raises at once and suggests the closest valid one.
 
@@ -273,6 +287,7 @@ def fit(
     """
     eng = get_engine(engine)
     _reject_unknown(eng, overrides, model)
+    devices = resolve_devices(devices)
     resolved = eng.make_settings(settings, **overrides)
     resolved = resolved.resolve() if hasattr(resolved, "resolve") else resolved
     if isinstance(init_state, FitResult):
@@ -294,6 +309,8 @@ def fit(
             model, *model_args, rng_key=key_target, whitening=whitening,
             precision=eng.precision, **(model_kwargs or {}),
         )
-    state, info = eng.fit(target, key_fit, resolved, progress_bar, init_state)
+    with use_devices(devices):
+        state, info = eng.fit(target, key_fit, resolved, progress_bar, init_state)
     history = {k: np.asarray(v) for k, v in info.history.items()}
-    return FitResult(eng.name, target, state, resolved, history, dict(info.stats), bool(strict))
+    return FitResult(eng.name, target, state, resolved, history, dict(info.stats), bool(strict),
+                     devices)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from .gaussian import normal_logpdf
+from .sharding import constrain_particles
 
 __all__ = [
     "PathScheme",
@@ -143,7 +144,7 @@ def _initial_and_noise(rng_key, scheme, num, dim, dtype):
     key0, key_steps = jax.random.split(rng_key)
     y0 = jnp.sqrt(jnp.asarray(scheme.init_var, dtype)) * jax.random.normal(key0, (num, dim), dtype)
     noise = jax.random.normal(key_steps, (scheme.num_steps, num, dim), dtype)
-    return y0, noise
+    return constrain_particles(y0, 0), constrain_particles(noise, 1)
 
 
 def _step_inputs(scheme: PathScheme, noise: Array):

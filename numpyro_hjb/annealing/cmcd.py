@@ -31,10 +31,23 @@ import jax
 import jax.numpy as jnp
 
 from ..control.network import apply_control, init_control
-from .smc import KernelParams, MassPath, init_particles, rejuvenate, resample_if_needed, reweight
+from ..sharding import jit_over_particles
+from .smc import (
+    KernelParams,
+    MassPath,
+    init_particles,
+    rejuvenate,
+    resample_if_needed,
+    reweight,
+)
 
-__all__ = ["transport_log_weight", "ControlledOutput", "make_controlled_program", "init_cmcd_control",
-           "step_losses"]
+__all__ = [
+    "ControlledOutput",
+    "init_cmcd_control",
+    "make_controlled_program",
+    "step_losses",
+    "transport_log_weight",
+]
 
 Array = jax.Array
 NUM_TIME_FEATURES = 8
@@ -191,7 +204,7 @@ def make_controlled_program(
         steps = jnp.full((num_replicates,), betas.shape[0] - 1, jnp.int32)
         return ControlledOutput(s.log_z, s.x, s.log_w, acc, steps, tx, txn, tlw)
 
-    return jax.jit(run)
+    return jit_over_particles(run, num_replicates)
 
 
 def step_losses(ctrl: dict, out: ControlledOutput, betas: Array, h: Array, mass: MassPath,

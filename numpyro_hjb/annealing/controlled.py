@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..sharding import current_devices
 from .programs import Run, advance, base_functions, call
 from .smc import KernelParams
 
-__all__ = ["controlled_program", "fixed_schedule", "controlled_stage", "MAX_CONTROL_ITERATIONS"]
+__all__ = ["MAX_CONTROL_ITERATIONS", "controlled_program", "controlled_stage", "fixed_schedule"]
 
 
 _CONTROLLED: dict = {}
@@ -31,7 +32,7 @@ def controlled_program(target, settings, kind, control, betas, h, keep_trajector
     from .cmcd import make_controlled_program
 
     b, p, r = settings.budget, settings.path, settings.rejuvenation
-    key = (id(target), kind, b, p, r, keep_trajectories)
+    key = (id(target), kind, b, p, r, keep_trajectories, current_devices())
     hit = _CONTROLLED.get(key)
     if hit is None or hit[0] is not target:
         kernel = KernelParams(r.num_mcmc_steps, r.num_leapfrog, r.target_acceptance, r.step_jitter)
@@ -91,7 +92,7 @@ def controlled_stage(target, settings, chosen, kind, params, mass, post_prec, ke
     advance(bar, run, "controlled pilot")
     pays = run.se**2 * run.seconds < chosen.run.se**2 * chosen.run.seconds
     info = {"control_trained": True, "control_pays": bool(pays), "control_train_s": train_s,
-            "control_iterations": int(len(history["loss"])),
+            "control_iterations": len(history["loss"]),
             "control_pilot_log_z": run.log_z, "control_pilot_se": run.se,
             "control_steps": int(len(betas) - 1), "langevin_step": h}
     return {"program": program, "control": ctrl, "betas": betas, "h": h, "run": run,

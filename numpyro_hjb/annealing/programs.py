@@ -17,14 +17,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..sharding import current_devices
 from ..target import Target
 from .reference import prior_base
 from .sampler import PathParams, TemperedOutput, make_tempered_program
 from .settings import SCLDSettings
 from .smc import KernelParams
 
-__all__ = ["combine_log_z", "choose_num_particles", "make_program", "base_functions", "Run", "call",
-           "advance", "MIN_PARTICLES", "MAX_PARTICLES"]
+__all__ = [
+    "MAX_PARTICLES",
+    "MIN_PARTICLES",
+    "Run",
+    "advance",
+    "base_functions",
+    "call",
+    "choose_num_particles",
+    "combine_log_z",
+    "make_program",
+]
 
 
 def combine_log_z(log_z) -> tuple[float, float]:
@@ -79,7 +89,8 @@ def make_program(target: Target, settings: SCLDSettings, kind: str):
     """The compiled replicate program for a base kind: "gaussian" (its parameters a
     :class:`GaussianBase` or :class:`DiagonalBase`, each compiled once) or "prior"; cached
     per target and settings (so that fit, propose and repeated calls compile once)."""
-    key = (id(target), kind, settings.budget, settings.path, settings.rejuvenation)
+    key = (id(target), kind, settings.budget, settings.path, settings.rejuvenation,
+           current_devices())
     hit = _PROGRAMS.get(key)
     if hit is not None and hit[0] is target:
         return hit[1]

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..sharding import map_over_devices
 from .smc import (
     KernelParams,
     MassPath,
@@ -31,7 +32,7 @@ from .smc import (
     reweight,
 )
 
-__all__ = ["TemperedOutput", "PathParams", "make_tempered_program"]
+__all__ = ["PathParams", "TemperedOutput", "make_tempered_program"]
 
 Array = jax.Array
 
@@ -116,7 +117,9 @@ def make_tempered_program(
 
     def run(params, mass, rng_key):
         keys = jax.random.split(rng_key, path.num_replicates)
-        s, n, acc, betas = jax.vmap(one, in_axes=(None, None, 0))(params, mass, keys)
+        batched = map_over_devices(jax.vmap(one, in_axes=(None, None, 0)),
+                                   path.num_replicates, (False, False, True))
+        s, n, acc, betas = batched(params, mass, keys)
         return TemperedOutput(s.log_z, s.x, s.log_w, n, betas, acc, s.num_resampled, s.step_size)
 
     return jax.jit(run)

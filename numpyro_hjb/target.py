@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["Target", "make_target", "whiten", "apply_whitening"]
+__all__ = ["Target", "ModelError", "make_target", "whiten", "apply_whitening"]
 
 Array = jax.Array
 
@@ -125,6 +125,10 @@ def _latent_sites(model_trace: dict) -> tuple[list[str], list[str]]:
     return latent, improper
 
 
+class ModelError(RuntimeError):
+    """The user's model raised when it was run (the original exception is its cause)."""
+
+
 def make_target(
     model: Callable,
     *model_args: Any,
@@ -150,6 +154,7 @@ def make_target(
     Raises:
         ValueError: discrete latent sites, no latent sites, an unknown whitening.
         RuntimeError: no initial point with a finite potential.
+        ModelError: the model itself raised (the message names the last site it reached).
     """
     from numpyro.infer.initialization import init_to_uniform as init_strategy
     from numpyro.infer.util import initialize_model
@@ -162,9 +167,19 @@ def make_target(
     from numpyro.infer.initialization import init_to_uniform
 
     # A trace with values from init_to_uniform works for improper sites too.
-    prior_trace = handlers.trace(
+    tracer = handlers.trace(
         handlers.substitute(handlers.seed(model, key_init), substitute_fn=init_to_uniform)
-    ).get_trace(*model_args, **model_kwargs)
+    )
+    try:
+        prior_trace = tracer.get_trace(*model_args, **model_kwargs)
+    except Exception as err:
+        sites = list(getattr(tracer, "trace", {}))
+        where = f" after site {sites[-1]!r}" if sites else " before its first site"
+        raise ModelError(
+            f"the model {getattr(model, '__name__', repr(model))!r} raised "
+            f"{type(err).__name__}{where} when it was run once with the given arguments "
+            f"({len(model_args)} positional, keywords {sorted(model_kwargs)}): {err}"
+        ) from err
     latent, improper = _latent_sites(prior_trace)
     if not latent:
         raise ValueError(

@@ -1,9 +1,11 @@
-"""Command line: ``python -m numpyro_hjb {demo,bench} ...``.
+"""Command line: ``python -m numpyro_hjb {demo,bench,validate} ...``.
 
 * ``demo``: fit the default engine to a bundled model with a closed-form posterior and
   evidence, print the posterior summary and log Z against the truth (:mod:`numpyro_hjb.demo`).
 * ``bench``: the benchmark runner. It lives in the top-level ``benchmarks/`` folder of a
   checkout, which is not installed with the package; run it from the checkout.
+* ``validate``: coverage of log Z +- 2 SE, simulation-based calibration and two-sample tests
+  of the MCMC draws (``benchmarks/validate.py``, from a checkout), into docs/validation.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds of the sequential engine's fit (default: its default)")
     sub.add_parser("bench", help="benchmarks (from a checkout; see python -m numpyro_hjb bench -h)",
                    add_help=False)
+    sub.add_parser("validate", help="calibration of error bars and draws (from a checkout; "
+                   "see python -m numpyro_hjb validate -h)", add_help=False)
     return parser
 
 
@@ -50,6 +54,11 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         return _benchmarks_cli().main(argv[1:])
+    if argv[:1] == ["validate"]:
+        _benchmarks_cli()  # puts the checkout's benchmarks/ on the path
+        from benchmarks.validate import main as validate
+
+        return validate(argv[1:])
     args = build_parser().parse_args(argv)
     from . import demo
 

@@ -131,3 +131,17 @@ def map_over_devices(batched_fn, leading: int, split: tuple[bool, ...]):
     in_specs = tuple(PartitionSpec(AXIS) if s else PartitionSpec() for s in split)
     return jax.shard_map(batched_fn, mesh=sharding.mesh, in_specs=in_specs,
                          out_specs=PartitionSpec(AXIS), check_vma=False)
+
+
+def to_host(tree):
+    """Every array leaf of ``tree`` as a numpy array of its global value. With several
+    processes (``jax.distributed``) an array partitioned over devices of other hosts is
+    gathered first (``multihost_utils.process_allgather``), so every process holds it."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree_util.tree_map(one, tree)

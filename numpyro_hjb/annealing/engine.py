@@ -37,6 +37,7 @@ import numpy as np
 
 from ..base import Engine, FitInfo, register_engine
 from ..evidence import EvidenceEstimate, pareto_khat
+from ..sharding import to_host
 from ..target import Target
 from .reference import (
     DefensiveBase,
@@ -368,7 +369,7 @@ def propose(target: Target, settings: SCLDSettings, state: SCLDState, rng_key, n
     program, params, mass = _state_program(target, settings, state)
     xs, lws, i = [], [], 0
     while sum(len(v) for v in lws) < num:
-        out = program(params, mass, jax.random.fold_in(rng_key, i))
+        out = to_host(program(params, mass, jax.random.fold_in(rng_key, i)))
         i += 1
         x, lw = _weighted_particles(out)
         xs.append(x)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..sharding import current_devices
+from ..sharding import current_devices, to_host
 from ..target import Target
 from .reference import prior_base
 from .sampler import PathParams, TemperedOutput, make_tempered_program
@@ -153,7 +153,7 @@ def compiled(program, params, mass, key):
 def call(program, params, mass, key) -> Run:
     fn, compile_s = compiled(program, params, mass, key)
     t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(params, mass, key))
+    out = to_host(fn(params, mass, key))
     lz, se = combine_log_z(out.log_z)
     return Run(out, lz, se, float(np.mean(np.asarray(out.num_steps))),
                 time.perf_counter() - t0, compile_s)

@@ -96,6 +96,20 @@ class Target:
         )
 
 
+def _masked_entries(site: dict) -> bool:
+    """Whether a latent site's log density is masked off for some of its entries."""
+    import numpyro.distributions as dist
+
+    masks = [site.get("mask")]
+    fn = site["fn"]
+    while fn is not None:
+        if isinstance(fn, dist.MaskedDistribution):
+            masks.append(fn._mask)
+        fn = getattr(fn, "base_dist", None)
+    return any(m is not None and m is not True and not bool(np.all(np.asarray(m)))
+               for m in masks)
+
+
 def _latent_sites(model_trace: dict) -> tuple[list[str], list[str]]:
     """Latent site names, and those with an improper prior; raise on discrete latents."""
     import numpyro.distributions as dist
@@ -115,6 +129,13 @@ def _latent_sites(model_trace: dict) -> tuple[list[str], list[str]]:
             raise ValueError(
                 f"Latent site '{name}' has discrete support ({type(fn).__name__}); "
                 "numpyro_hjb samples continuous latent sites only."
+            )
+        if _masked_entries(site):
+            raise ValueError(
+                f"Latent site '{name}' has masked entries (a mask, or the obs_mask= of an "
+                "observed site): their values have no density, so the posterior is improper "
+                "in those coordinates. Sample only the missing entries, as a site of their "
+                "own, e.g. numpyro.sample('y_missing', dist.Normal(...).expand([num_missing]))."
             )
         base = fn
         while hasattr(base, "base_dist"):

@@ -5,6 +5,7 @@ is mutated. Property-based where the inputs vary (hypothesis)."""
 import copy
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -106,3 +107,36 @@ def small_fit():
 def test_sample_rejects_any_bad_count_naming_it(small_fit, num):
     with pytest.raises((TypeError, ValueError), match=r"^num must be an integer"):
         small_fit.sample(jax.random.PRNGKey(0), num)
+
+
+def test_a_masked_latent_site_raises_naming_it():
+    y = np.array([0.1, np.nan, 0.3])
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("n", 3):
+            numpyro.sample("y", dist.Normal(mu, 0.1), obs=np.nan_to_num(y),
+                           obs_mask=~np.isnan(y))
+
+    with pytest.raises(ValueError, match="'y_unobserved' has masked entries"):
+        make_target(model, y)
+
+
+def test_a_nan_region_is_outside_the_support_and_reported():
+    """log density NaN for x > 1.5: treated as -inf (Z = Phi(1.5)), never a NaN draw, and
+    the fit warns that it met NaN."""
+    from scipy.stats import norm
+
+    from numpyro_hjb.evidence import UnreliableResultWarning
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.factor("f", jnp.where(x > 1.5, jnp.nan, 0.0))
+
+    with pytest.warns(UnreliableResultWarning, match="NaN at"):
+        fit = numpyro_hjb.fit(model, progress_bar=False, **{**SMALL, "num_particles": 256})
+    assert fit.info["num_nan_log_density"] > 0
+    ev = numpyro_hjb.log_evidence(fit)
+    assert abs(ev.log_z - np.log(norm.cdf(1.5))) < 4 * ev.log_z_se + 0.01
+    x = np.asarray(fit.sample(jax.random.PRNGKey(0), 500).samples["x"])
+    assert np.all(np.isfinite(x)) and x.max() <= 1.5

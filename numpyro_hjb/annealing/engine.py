@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..base import Engine, FitInfo, register_engine
-from ..evidence import EvidenceEstimate, pareto_khat
+from ..evidence import EvidenceEstimate, UnreliableResultWarning, pareto_khat
 from ..sharding import to_host
 from ..target import Target
 from .reference import (
@@ -272,7 +273,7 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
                 chosen = chosen._replace(run=controlled["run"])
         # final runs until the budget is spent
         t_final = time.perf_counter()
-        log_zs, esss, kept_x, kept_mass = [], [], [], []
+        log_zs, esss, kept_x, kept_mass, num_nan = [], [], [], [], 0
         per_call = max(chosen.run.seconds, 1e-3)
         i = 0
         while True:
@@ -280,6 +281,7 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
             compile_total += run.compile_s
             i += 1
             log_zs.append(np.asarray(run.out.log_z, np.float64))
+            num_nan += int(np.sum(getattr(run.out, "num_nan", 0)))
             esss.append(1.0 / (np.exp(2 * np.asarray(run.out.log_w, np.float64)).sum(-1)
                                * num_particles))
             x, lw = _weighted_particles(run.out)
@@ -320,6 +322,13 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
     )
     lz, se = combine_log_z(log_z_all)
     n_sys = log_z_all.size
+    if num_nan:
+        warnings.warn(
+            f"the model's log density is NaN at {num_nan} of {n_sys * num_particles} draws of "
+            "the final systems' base: these points count as outside the support (density 0), "
+            "which is right only if the model is undefined there. Check the model for a NaN "
+            "(e.g. log of a negative number, a sqrt of a negative variance) in that region.",
+            UnreliableResultWarning, stacklevel=3)
     stats = {
         "train_s": time.perf_counter() - t_start,
         "compile_s": compile_total,
@@ -337,7 +346,7 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
         "num_particles": int(num_particles),
         "seconds_per_gradient": per_grad,
         "num_temperatures": float(run.steps),
-        "log_z": lz, "log_z_se": se,
+        "log_z": lz, "log_z_se": se, "num_nan_log_density": num_nan,
         "num_target_grad_evals": int(n_sys * num_particles * run.steps
                                      * settings.rejuvenation.num_mcmc_steps
                                      * (settings.rejuvenation.num_leapfrog + 1)),

@@ -57,6 +57,8 @@ class TemperedOutput(NamedTuple):
             with 1).
         acceptance: (R,) mean HMC acceptance; num_resampled: (R,) resampling events.
         step_size: (R,) the HMC step size at the end.
+        num_nan: (R,) base draws at which the target's log density is NaN (they count as
+            outside the support, log density -inf).
     """
 
     log_z: Array
@@ -67,6 +69,7 @@ class TemperedOutput(NamedTuple):
     acceptance: Array
     num_resampled: Array
     step_size: Array
+    num_nan: Array
 
 
 def make_tempered_program(
@@ -92,6 +95,7 @@ def make_tempered_program(
         x0 = base_sample(params, k0, path.num_particles)
         ell0 = jax.vmap(lambda v: pf(v)[1])(x0)
         state = init_particles(x0, ell0, 0.5 * dim**-0.25)
+        num_nan = jnp.sum(jnp.isnan(ell0))
         betas = jnp.ones((path.max_steps + 1,), x0.dtype).at[0].set(0.0)
 
         def cond(carry):
@@ -113,13 +117,14 @@ def make_tempered_program(
         s, _, n, acc, betas = jax.lax.while_loop(
             cond, body, (state, k, jnp.zeros((), jnp.int32), jnp.zeros(()), betas)
         )
-        return s, n, acc / jnp.maximum(n, 1), betas
+        return s, n, acc / jnp.maximum(n, 1), betas, num_nan
 
     def run(params, mass, rng_key):
         keys = jax.random.split(rng_key, path.num_replicates)
         batched = map_over_devices(jax.vmap(one, in_axes=(None, None, 0)),
                                    path.num_replicates, (False, False, True))
-        s, n, acc, betas = batched(params, mass, keys)
-        return TemperedOutput(s.log_z, s.x, s.log_w, n, betas, acc, s.num_resampled, s.step_size)
+        s, n, acc, betas, num_nan = batched(params, mass, keys)
+        return TemperedOutput(s.log_z, s.x, s.log_w, n, betas, acc, s.num_resampled, s.step_size,
+                              num_nan)
 
     return jax.jit(run)

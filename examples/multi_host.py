@@ -18,7 +18,9 @@ On one machine, two CPU "hosts" are enough to try it::
     python examples/multi_host.py --coordinator localhost:1234 --num-processes 2 --process-id 1
 
 Every process runs the same program on the same key and prints the same result; process 0
-also prints the summary.
+also prints the summary. The sequential engine's time budget is not used here: its decisions
+would follow each process's own clock, so the fit's size is given (``--num-particles``,
+``--num-systems``).
 """
 
 import argparse
@@ -32,6 +34,8 @@ def main() -> None:
     ap.add_argument("--num-processes", type=int, default=None)
     ap.add_argument("--process-id", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-particles", type=int, default=1024, help="particles per system")
+    ap.add_argument("--num-systems", type=int, default=64, help="particle systems in all")
     args = ap.parse_args()
     # before any other JAX call
     jax.distributed.initialize(coordinator_address=args.coordinator,
@@ -55,8 +59,13 @@ def main() -> None:
 
     print(f"process {jax.process_index()} of {jax.process_count()}: "
           f"{jax.local_device_count()} local of {jax.device_count()} devices")
+    # Every process must run the same programs, so the fit's size is given rather than
+    # chosen from each process's clock: num_particles per system and num_systems in all,
+    # and no learned control (whose training is timed).
     fit = numpyro_hjb.fit(eight_schools, sigma, rng_key=jax.random.PRNGKey(args.seed),
-                          model_kwargs={"y": y}, progress_bar=jax.process_index() == 0)
+                          model_kwargs={"y": y}, progress_bar=jax.process_index() == 0,
+                          num_particles=args.num_particles, num_systems=args.num_systems,
+                          control="off")
     ev = numpyro_hjb.log_evidence(fit)
     print(f"process {jax.process_index()}: log Z = {ev.log_z:.4f} ± {ev.log_z_se:.4f}")
     if jax.process_index() == 0:

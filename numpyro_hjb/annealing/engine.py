@@ -194,6 +194,13 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
     """Pilots, base choice and final runs within ``time_budget`` seconds (module docstring)."""
     if init_state is not None:
         raise ValueError("engine 'scld' has no warm start: pass init_state=None")
+    if jax.process_count() > 1 and (None in (settings.budget.num_particles,
+                                             settings.budget.num_systems)
+                                    or settings.learning.control != "off"):
+        raise ValueError(
+            "with several processes (jax.distributed) every process must take the same "
+            "decisions, and the time budget's depend on each process's own clock: set "
+            "num_particles=, num_systems= and control='off' (see examples/multi_host.py)")
     t_start = time.perf_counter()
     budget = settings.budget.time_budget
     bar = None

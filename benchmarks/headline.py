@@ -267,7 +267,7 @@ def markdown(results: dict) -> str:
         "compilation; past 400,000 particles (memory) independent runs of 400,000 fill the time and "
         "their Z estimates are averaged (run s, particles × runs). **NUTS**: NumPyro, 2 chains × "
         "1000 warm-up steps, then as many draws as fill our fit's whole wall-clock "
-        "(at least 2000 per chain; NUTS s, draws).",
+        "(at least 2000, at most 50,000 per chain; NUTS s, draws).",
         "- The synthetic targets are given as a flat improper site plus `numpyro.factor`: the "
         "engines see only the unnormalised density. Goals: issue 16.",
         "",

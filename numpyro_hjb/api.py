@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from .base import Engine, get_engine
+from .base import Engine, get_engine, in_precision
 from .evidence import EvidenceEstimate, check_reliability, estimate_evidence, resample
 from .settings import EngineSettings, UnknownSettingError
 from .sharding import resolve_devices, sharding_for, use_devices
@@ -100,7 +100,7 @@ class FitResult:
         log rho(x) - log q(x) (path weights for the diffusion samplers)."""
         num = _count(num, "num")
         eng = self.engine_def
-        with use_devices(self.devices):
+        with use_devices(self.devices), in_precision(eng):
             if not eng.traceable:
                 return eng.propose(self.target, self.settings, self.state, rng_key, num)
             sharding = sharding_for(num)
@@ -126,7 +126,9 @@ class FitResult:
         """
         if not self.can_bridge:
             raise NotImplementedError(f"engine {self.engine!r} cannot weigh bridges")
-        return self.engine_def.bridge_log_weight(self.target, self.settings, self.state, rng_key, x)
+        with in_precision(self.engine_def):
+            return self.engine_def.bridge_log_weight(self.target, self.settings, self.state,
+                                                     rng_key, x)
 
     def log_evidence(self, rng_key: jax.Array | None = None, num_samples: int = 4096) -> EvidenceEstimate:
         """log Z from ``num_samples`` fresh proposals: :func:`numpyro_hjb.log_evidence`."""
@@ -147,7 +149,7 @@ class FitResult:
         key_prop, key_res = jax.random.split(rng_key)
         eng = self.engine_def
         if eng.draws is not None:  # the fit holds a weighted sample already
-            with use_devices(self.devices):
+            with use_devices(self.devices), in_precision(eng):
                 x, log_w = eng.draws(self.target, self.settings, self.state, key_prop,
                                      num_proposals)
             ev = _estimate(self, key_prop, num_proposals)
@@ -218,7 +220,7 @@ def _estimate(fit_result: FitResult, rng_key: jax.Array, num_samples: int) -> Ev
     """The estimate of log int rho (the evidence when every prior is proper), unchecked."""
     eng = fit_result.engine_def
     if eng.evidence is not None:  # an engine with its own estimator (particle systems)
-        with use_devices(fit_result.devices):
+        with use_devices(fit_result.devices), in_precision(eng):
             return eng.evidence(
                 fit_result.target, fit_result.settings, fit_result.state, rng_key, num_samples
             )
@@ -309,7 +311,7 @@ def fit(
             model, *model_args, rng_key=key_target, whitening=whitening,
             precision=eng.precision, **(model_kwargs or {}),
         )
-    with use_devices(devices):
+    with use_devices(devices), in_precision(eng):
         state, info = eng.fit(target, key_fit, resolved, progress_bar, init_state)
     history = {k: np.asarray(v) for k, v in info.history.items()}
     return FitResult(eng.name, target, state, resolved, history, dict(info.stats), bool(strict),

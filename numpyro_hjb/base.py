@@ -135,6 +135,15 @@ def get_engine(name: str | Engine) -> Engine:
     return ENGINES[name]
 
 
+def in_precision(engine: Engine):
+    """The context an engine's functions run in: x64 on for a float64 engine, off for a
+    float32 one, whatever the caller's global ``jax_enable_x64`` flag (a float32 engine run
+    under a user's x64 would mix its float32 pre-fit with float64 particles)."""
+    import jax
+
+    return jax.enable_x64(engine.precision == "float64")
+
+
 def host_arrays(*arrays) -> tuple[np.ndarray, ...]:
     """Arrays as numpy (what a float64 engine returns from inside its x64 context)."""
     return tuple(np.asarray(a) for a in arrays)

@@ -53,7 +53,7 @@ from .reference import (
 from .controlled import controlled_program, controlled_stage
 from .programs import Run, advance, call, choose_num_particles, combine_log_z
 from .programs import make_program
-from .sampler import TemperedOutput
+from .sampler import FrozenSchedule, TemperedOutput
 from .settings import SCLDSettings
 from .smc import MassPath, systematic_indices
 
@@ -126,6 +126,15 @@ def _choose(candidates: list, want: str, timed: bool = True) -> "_Candidate":
     ref = min(pool, key=lambda c: c.run.se)
     ok = [c for c in pool if c.run.log_z >= ref.run.log_z - 3.0 * math.hypot(c.run.se, ref.run.se)]
     return min(ok, key=lambda c: c.run.se**2 * _cost(c.run, timed))
+
+
+def _frozen_schedule(out: TemperedOutput) -> FrozenSchedule:
+    """The temperatures and step sizes of a pilot's replicate with the median number of
+    steps, to be followed by the final systems."""
+    steps = np.asarray(out.num_steps)
+    r = int(np.argsort(steps)[len(steps) // 2])
+    return FrozenSchedule(jnp.asarray(np.asarray(out.betas)[r]),
+                          jnp.asarray(np.asarray(out.step_sizes)[r]))
 
 
 def _weighted_particles(out: TemperedOutput) -> tuple[np.ndarray, np.ndarray]:
@@ -279,12 +288,20 @@ def fit(target: Target, rng_key: jax.Array, settings: SCLDSettings, progress_bar
                 program = controlled["program"]
                 chosen = chosen._replace(run=controlled["run"])
         # final runs until the budget is spent
+        frozen = ()
+        if settings.path.schedule == "frozen" and not (controlled is not None
+                                                       and controlled["pays"]):
+            # one adaptive call with the final program and mass sets the schedule; its own
+            # estimate is not used (it chose its schedule from its particles)
+            scout = call(program, params, mass, jax.random.fold_in(keys[2], 1 << 20))
+            compile_total += scout.compile_s
+            frozen = (_frozen_schedule(scout.out),)
         t_final = time.perf_counter()
         log_zs, esss, kept_x, kept_mass, num_nan = [], [], [], [], 0
         per_call = max(chosen.run.seconds, 1e-3)
         i = 0
         while True:
-            run = call(program, params, mass, jax.random.fold_in(keys[2], i))
+            run = call(program, params, mass, jax.random.fold_in(keys[2], i), *frozen)
             compile_total += run.compile_s
             i += 1
             log_zs.append(np.asarray(run.out.log_z, np.float64))

@@ -136,24 +136,27 @@ class Run(NamedTuple):
 _COMPILED: dict = {}
 
 
-def compiled(program, params, mass, key):
-    """The program compiled ahead of time for these argument structures (cached), so that
+def compiled(program, params, mass, key, *extra):
+    """The program compiled ahead of time for these argument structures, shapes and dtypes
+    (cached; a user's global x64 flag can change the dtypes between calls), so that
     a call's time is its run time, and the compilation time is known apart."""
-    sig = (id(program), jax.tree_util.tree_structure((params, mass)),
-           tuple(jnp.shape(v) for v in jax.tree_util.tree_leaves((params, mass))))
+    args = (params, mass, *extra)
+    sig = (id(program), jax.tree_util.tree_structure(args),
+           tuple((jnp.shape(v), jnp.result_type(v)) for v in jax.tree_util.tree_leaves(args)))
     hit = _COMPILED.get(sig)
     if hit is not None and hit[0] is program:
         return hit[1], 0.0
     t0 = time.perf_counter()
-    fn = program.lower(params, mass, key).compile()
+    fn = program.lower(params, mass, key, *extra).compile()
     _COMPILED[sig] = (program, fn)
     return fn, time.perf_counter() - t0
 
 
-def call(program, params, mass, key) -> Run:
-    fn, compile_s = compiled(program, params, mass, key)
+def call(program, params, mass, key, *extra) -> Run:
+    """One call of a compiled program (``extra``: e.g. a frozen schedule), summarised."""
+    fn, compile_s = compiled(program, params, mass, key, *extra)
     t0 = time.perf_counter()
-    out = to_host(fn(params, mass, key))
+    out = to_host(fn(params, mass, key, *extra))
     lz, se = combine_log_z(out.log_z)
     return Run(out, lz, se, float(np.mean(np.asarray(out.num_steps))),
                 time.perf_counter() - t0, compile_s)

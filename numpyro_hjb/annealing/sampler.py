@@ -23,7 +23,6 @@ import jax.numpy as jnp
 from ..sharding import map_over_devices
 from .smc import (
     KernelParams,
-    MassPath,
     init_particles,
     next_increment,
     particle_variance,
@@ -32,7 +31,7 @@ from .smc import (
     reweight,
 )
 
-__all__ = ["PathParams", "TemperedOutput", "make_tempered_program"]
+__all__ = ["FrozenSchedule", "PathParams", "TemperedOutput", "make_tempered_program"]
 
 Array = jax.Array
 
@@ -47,6 +46,15 @@ class PathParams(NamedTuple):
     max_steps: int
 
 
+class FrozenSchedule(NamedTuple):
+    """Temperatures and HMC step sizes fixed before a run (from a pilot's replicate):
+    betas (max_steps + 1,) padded with 1, step_sizes (max_steps,). With the schedule and the
+    kernels fixed in advance each replicate's Z_r is unbiased (:mod:`.smc`)."""
+
+    betas: Array
+    step_sizes: Array
+
+
 class TemperedOutput(NamedTuple):
     """R replicate particle systems at beta = 1.
 
@@ -57,6 +65,7 @@ class TemperedOutput(NamedTuple):
             with 1).
         acceptance: (R,) mean HMC acceptance; num_resampled: (R,) resampling events.
         step_size: (R,) the HMC step size at the end.
+        step_sizes: (R, max_steps) the HMC step size at the start of each step's moves.
         num_nan: (R,) base draws at which the target's log density is NaN (they count as
             outside the support, log density -inf).
     """
@@ -69,7 +78,17 @@ class TemperedOutput(NamedTuple):
     acceptance: Array
     num_resampled: Array
     step_size: Array
+    step_sizes: Array
     num_nan: Array
+
+
+def _default_float(tree):
+    """The floating leaves of ``tree`` as the context's default float (float32, or float64
+    under x64); other leaves as they are."""
+    ftype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    return jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, ftype) if jnp.issubdtype(jnp.result_type(a), jnp.floating)
+        else a, tree)
 
 
 def make_tempered_program(
@@ -78,8 +97,10 @@ def make_tempered_program(
     path: PathParams,
     kernel: KernelParams,
     dim: int,
-) -> Callable[[Any, MassPath | None, Array], TemperedOutput]:
-    """A jitted ``run(base_params, mass, rng_key) -> TemperedOutput`` of R replicates.
+) -> Callable[..., TemperedOutput]:
+    """A jitted ``run(base_params, mass, rng_key, schedule=None) -> TemperedOutput`` of R
+    replicates; with a :class:`FrozenSchedule` the replicates follow its temperatures and
+    step sizes instead of choosing them from their particles.
 
     ``parts(params, x) -> (log b(x), ell(x))`` with ell = log rho - log b, and
     ``base_sample(params, key, n)`` define the base; ``params`` is a pytree of arrays (a
@@ -89,7 +110,7 @@ def make_tempered_program(
     particles' diagonal variance (a pilot's fallback, see :mod:`.smc`).
     """
 
-    def one(params, mass, key):
+    def one(params, mass, schedule, key):
         pf = lambda v: parts(params, v)  # noqa: E731
         k0, k = jax.random.split(key)
         x0 = base_sample(params, k0, path.num_particles)
@@ -97,34 +118,43 @@ def make_tempered_program(
         state = init_particles(x0, ell0, 0.5 * dim**-0.25)
         num_nan = jnp.sum(jnp.isnan(ell0))
         betas = jnp.ones((path.max_steps + 1,), x0.dtype).at[0].set(0.0)
+        steps = jnp.zeros((path.max_steps,), x0.dtype)
 
         def cond(carry):
-            s, _, n, _, _ = carry
+            s, _, n, _, _, _ = carry
             return (s.beta < 1.0) & (n < path.max_steps)
 
         def body(carry):
-            s, key, n, acc, betas = carry
+            s, key, n, acc, betas, steps = carry
             key, k1, k2 = jax.random.split(key, 3)
-            delta = next_increment(s.log_w, s.ell, s.beta, path.cess_target)
-            new_beta = jnp.where(n == path.max_steps - 1, 1.0, s.beta + delta)
+            if schedule is None:
+                delta = next_increment(s.log_w, s.ell, s.beta, path.cess_target)
+                new_beta = jnp.where(n == path.max_steps - 1, 1.0, s.beta + delta)
+            else:
+                new_beta = schedule.betas[n + 1]
+                s = s._replace(step_size=schedule.step_sizes[n])
             s = reweight(s, (new_beta - s.beta) * s.ell, new_beta)
             s = resample_if_needed(k1, s, path.resample_ess)
             inv_mass = (particle_variance(s.x, s.log_w) if mass is None
                         else mass.inverse_mass(s.beta, s.x, s.log_w))
-            s, a = rejuvenate(k2, s, pf, kernel, inv_mass)
-            return s, key, n + 1, acc + a, betas.at[n + 1].set(s.beta)
+            steps = steps.at[n].set(s.step_size)
+            s, a = rejuvenate(k2, s, pf, kernel, inv_mass, adapt=schedule is None)
+            return s, key, n + 1, acc + a, betas.at[n + 1].set(s.beta), steps
 
-        s, _, n, acc, betas = jax.lax.while_loop(
-            cond, body, (state, k, jnp.zeros((), jnp.int32), jnp.zeros(()), betas)
+        s, _, n, acc, betas, steps = jax.lax.while_loop(
+            cond, body, (state, k, jnp.zeros((), jnp.int32), jnp.zeros(()), betas, steps)
         )
-        return s, n, acc / jnp.maximum(n, 1), betas, num_nan
+        return s, n, acc / jnp.maximum(n, 1), betas, steps, num_nan
 
-    def run(params, mass, rng_key):
+    def run(params, mass, rng_key, schedule=None):
+        # one float type throughout (that of the context: a caller under x64 gets float64),
+        # whatever precision the base parameters were made in
+        params, mass, schedule = _default_float((params, mass, schedule))
         keys = jax.random.split(rng_key, path.num_replicates)
-        batched = map_over_devices(jax.vmap(one, in_axes=(None, None, 0)),
-                                   path.num_replicates, (False, False, True))
-        s, n, acc, betas, num_nan = batched(params, mass, keys)
+        batched = map_over_devices(jax.vmap(one, in_axes=(None, None, None, 0)),
+                                   path.num_replicates, (False, False, False, True))
+        s, n, acc, betas, steps, num_nan = batched(params, mass, schedule, keys)
         return TemperedOutput(s.log_z, s.x, s.log_w, n, betas, acc, s.num_resampled, s.step_size,
-                              num_nan)
+                              steps, num_nan)
 
     return jax.jit(run)

@@ -56,6 +56,11 @@ class Path(SettingsGroup):
     )
     resample_ess: float = option(0.5, "resample when the ESS falls below this", in_range(0.0, 1.0))
     max_steps: int = option(500, "cap on the number of temperatures", at_least(1))
+    schedule: Literal["adaptive", "frozen"] = option(
+        "adaptive", "final systems: 'adaptive' (each chooses its temperatures and step sizes "
+        "from its own particles, an O(1/N) bias in log Z) or 'frozen' (those of the chosen "
+        "pilot, fixed in advance: unbiased Z)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -203,9 +203,12 @@ def rejuvenate(
     parts: Callable[[Array], tuple[Array, Array]],
     params: KernelParams,
     inv_mass: Array,
+    adapt: bool = True,
 ) -> tuple[ParticleState, Array]:
     """``num_mcmc_steps`` HMC steps on pi_beta = b e^{beta ell} for every particle, with the
     inverse mass matrix ``inv_mass`` ((d,) or (d, d)); ``parts(x) -> (log b(x), ell(x))``.
+    With ``adapt`` the step size follows the acceptance rate from sweep to sweep (a kernel
+    chosen from the particles); without, ``state.step_size`` is used throughout.
     Returns the state (ell recomputed at the new points) and the mean acceptance rate."""
     import blackjax
 
@@ -232,7 +235,8 @@ def rejuvenate(
             lambda k, s, e: kernel(k, s, log_pi, e, inv_mass, params.num_leapfrog)
         )(keys, hmc_state, steps)
         acc = jnp.mean(jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0))
-        step = step * jnp.exp(2.0 * (acc - params.target_acceptance))
+        if adapt:
+            step = step * jnp.exp(2.0 * (acc - params.target_acceptance))
         return (new, step), acc
 
     keys = jax.random.split(rng_key, params.num_mcmc_steps)

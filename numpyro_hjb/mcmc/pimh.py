@@ -124,7 +124,8 @@ def pimh_step(systems_fn: SystemsFn | None, to_z: Callable[[Array], dict], state
             system_log_w=jnp.where(acc, s.pool_log_w[k], s.system_log_w),
             log_weight=jnp.where(acc, lz_new, cur),
             accept_prob=prob.astype(jnp.float32), accepted=acc, diverging=bad,
-            mean_accept_prob=s.mean_accept_prob + (prob - s.mean_accept_prob) / n,
+            mean_accept_prob=(s.mean_accept_prob + (prob - s.mean_accept_prob) / n).astype(
+                s.mean_accept_prob.dtype),
             pool_pos=k + 1, num_proposed=s.num_proposed + 1,
             draws_left=jnp.asarray(draws_per_system, jnp.int32),
         )

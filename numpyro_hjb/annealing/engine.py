@@ -129,8 +129,8 @@ def _choose(candidates: list, want: str, timed: bool = True) -> "_Candidate":
 
 
 def _frozen_schedule(out: TemperedOutput) -> FrozenSchedule:
-    """The temperatures and step sizes of a pilot's replicate with the median number of
-    steps, to be followed by the final systems."""
+    """The temperatures and step sizes of the replicate (of a scout call) with the median
+    number of steps, for the final systems to follow."""
     steps = np.asarray(out.num_steps)
     r = int(np.argsort(steps)[len(steps) // 2])
     return FrozenSchedule(jnp.asarray(np.asarray(out.betas)[r]),

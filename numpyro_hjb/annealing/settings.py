@@ -58,8 +58,8 @@ class Path(SettingsGroup):
     max_steps: int = option(500, "cap on the number of temperatures", at_least(1))
     schedule: Literal["adaptive", "frozen"] = option(
         "adaptive", "final systems: 'adaptive' (each chooses its temperatures and step sizes "
-        "from its own particles, an O(1/N) bias in log Z) or 'frozen' (those of the chosen "
-        "pilot, fixed in advance: unbiased Z)"
+        "from its own particles) or 'frozen' (those of one scout call, fixed in advance: "
+        "each Z exactly unbiased)"
     )
 
 

@@ -235,9 +235,8 @@ def fitted():
                time_budget=4.0, num_particles=256, num_mcmc_steps=2)
 
 
-def test_fit_draws_and_evidence(fitted):
-    """A conjugate-free model with a quadrature answer: log Z within error bars, draws per
-    site with the right support."""
+def quadrature_log_z() -> float:
+    """log Z of ``normal_model`` with ``Y`` by 2-D trapezoidal quadrature."""
     from scipy import integrate, stats
 
     def joint(mu, sigma):
@@ -247,7 +246,13 @@ def test_fit_draws_and_evidence(fitted):
     mus = np.linspace(-3, 3, 601)
     sigmas = np.linspace(1e-3, 3, 600)
     grid = joint(mus[:, None], sigmas[None, :])
-    log_z = float(np.log(integrate.trapezoid(integrate.trapezoid(grid, sigmas, axis=1), mus)))
+    return float(np.log(integrate.trapezoid(integrate.trapezoid(grid, sigmas, axis=1), mus)))
+
+
+def test_fit_draws_and_evidence(fitted):
+    """A conjugate-free model with a quadrature answer: log Z within error bars, draws per
+    site with the right support."""
+    log_z = quadrature_log_z()
     ev = numpyro_hjb.log_evidence(fitted)
     assert abs(ev.log_z - log_z) < 4 * ev.log_z_se + 0.01, (ev, log_z)
     assert "independent particle systems" in ev.method
@@ -281,3 +286,15 @@ def test_a_fit_under_x64_after_one_without():
         mcmc.run(jax.random.PRNGKey(1), y=Y)
     assert np.isfinite(first.info["log_z"]) and np.isfinite(second.info["log_z"])
     assert np.all(np.isfinite(mcmc.get_samples()["mu"]))
+
+
+def test_a_fit_with_a_frozen_schedule():
+    """schedule="frozen": the final systems follow one scout's temperatures (every system
+    takes the same number of steps) and log Z agrees with quadrature."""
+    result = fit(normal_model, engine="scld", model_kwargs={"y": Y}, progress_bar=False,
+                 rng_key=jax.random.PRNGKey(2), num_particles=128, num_systems=32,
+                 control="off", schedule="frozen")
+    ev = numpyro_hjb.log_evidence(result)
+    assert abs(ev.log_z - quadrature_log_z()) < 4 * ev.log_z_se + 0.01, ev
+    # the mean number of temperatures over the last call's systems is a whole number
+    assert float(result.info["num_temperatures"]).is_integer(), result.info["num_temperatures"]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..cache import IdentityCache
 from ..sharding import current_devices
 from .programs import Run, advance, base_functions, call
 from .smc import KernelParams
@@ -23,7 +24,8 @@ from .smc import KernelParams
 __all__ = ["MAX_CONTROL_ITERATIONS", "controlled_program", "controlled_stage", "fixed_schedule"]
 
 
-_CONTROLLED: dict = {}
+#: controlled programs (the control an argument) per target, base kind and settings
+_CONTROLLED = IdentityCache(16)
 
 
 def controlled_program(target, settings, kind, control, betas, h, keep_trajectories=False):
@@ -32,16 +34,14 @@ def controlled_program(target, settings, kind, control, betas, h, keep_trajector
     from .cmcd import make_controlled_program
 
     b, p, r = settings.budget, settings.path, settings.rejuvenation
-    key = (id(target), kind, b, p, r, keep_trajectories, current_devices())
-    hit = _CONTROLLED.get(key)
-    if hit is None or hit[0] is not target:
+    key = (kind, b, p, r, keep_trajectories, current_devices())
+    raw = _CONTROLLED.get(target, key)
+    if raw is None:
         kernel = KernelParams(r.num_mcmc_steps, r.num_leapfrog, r.target_acceptance, r.step_jitter)
         parts, sample = base_functions(target, kind)
-        hit = (target, make_controlled_program(parts, sample, b.num_particles, b.num_replicates,
-                                               p.resample_ess, kernel, target.dim,
-                                               keep_trajectories))
-        _CONTROLLED[key] = hit
-    raw = hit[1]
+        raw = _CONTROLLED.put(target, key, make_controlled_program(
+            parts, sample, b.num_particles, b.num_replicates, p.resample_ess, kernel,
+            target.dim, keep_trajectories))
     if keep_trajectories:
         return raw
     ctrl = jax.tree_util.tree_map(jnp.asarray, control)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..cache import IdentityCache
 from ..sharding import current_devices, to_host
 from ..target import Target
 from .reference import prior_base
@@ -51,7 +52,8 @@ def combine_log_z(log_z) -> tuple[float, float]:
 
 
 
-_PROGRAMS: dict = {}
+#: compiled replicate programs per target, base kind and settings
+_PROGRAMS = IdentityCache(16)
 
 
 #: particles per system chosen from the budget lie in [MIN_PARTICLES, MAX_PARTICLES]
@@ -89,11 +91,10 @@ def make_program(target: Target, settings: SCLDSettings, kind: str):
     """The compiled replicate program for a base kind: "gaussian" (its parameters a
     :class:`GaussianBase` or :class:`DiagonalBase`, each compiled once) or "prior"; cached
     per target and settings (so that fit, propose and repeated calls compile once)."""
-    key = (id(target), kind, settings.budget, settings.path, settings.rejuvenation,
-           current_devices())
-    hit = _PROGRAMS.get(key)
-    if hit is not None and hit[0] is target:
-        return hit[1]
+    key = (kind, settings.budget, settings.path, settings.rejuvenation, current_devices())
+    hit = _PROGRAMS.get(target, key)
+    if hit is not None:
+        return hit
     d = target.dim
     b, p, r = settings.budget, settings.path, settings.rejuvenation
     kernel = KernelParams(r.num_mcmc_steps, r.num_leapfrog, r.target_acceptance, r.step_jitter)
@@ -101,8 +102,7 @@ def make_program(target: Target, settings: SCLDSettings, kind: str):
                       p.max_steps)
     parts, base_sample = base_functions(target, kind)
     program = make_tempered_program(parts, base_sample, path, kernel, d)
-    _PROGRAMS[key] = (target, program)
-    return program
+    return _PROGRAMS.put(target, key, program)
 
 
 def base_functions(target: Target, kind: str):
@@ -133,7 +133,8 @@ class Run(NamedTuple):
     compile_s: float = 0.0
 
 
-_COMPILED: dict = {}
+#: executables compiled ahead of time per program and argument signature
+_COMPILED = IdentityCache(64)
 
 
 def compiled(program, params, mass, key, *extra):
@@ -141,14 +142,13 @@ def compiled(program, params, mass, key, *extra):
     (cached; a user's global x64 flag can change the dtypes between calls), so that
     a call's time is its run time, and the compilation time is known apart."""
     args = (params, mass, *extra)
-    sig = (id(program), jax.tree_util.tree_structure(args),
+    sig = (jax.tree_util.tree_structure(args),
            tuple((jnp.shape(v), jnp.result_type(v)) for v in jax.tree_util.tree_leaves(args)))
-    hit = _COMPILED.get(sig)
-    if hit is not None and hit[0] is program:
-        return hit[1], 0.0
+    hit = _COMPILED.get(program, sig)
+    if hit is not None:
+        return hit, 0.0
     t0 = time.perf_counter()
-    fn = program.lower(params, mass, key, *extra).compile()
-    _COMPILED[sig] = (program, fn)
+    fn = _COMPILED.put(program, sig, program.lower(params, mass, key, *extra).compile())
     return fn, time.perf_counter() - t0
 
 

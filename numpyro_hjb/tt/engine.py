@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..base import Engine, FitInfo, host_arrays, register_engine
+from ..cache import IdentityCache
 from ..target import Target
 from . import core as C
 from .formulations import run_route, stack_snapshots
@@ -145,15 +146,15 @@ class _LogDensityCache:
     """One log-density closure per (target, scale): the jitted chunk proposer takes it as a
     static argument, so the same closure reuses its compilation."""
 
-    _cache: dict = {}
+    _cache = IdentityCache(16)
 
     @classmethod
     def get(cls, target: Target, scale: tuple):
-        hit = cls._cache.get((id(target), scale))
-        if hit is None or hit[0] is not target:
-            hit = (target, engine_log_density(target, jnp.asarray(scale, jnp.float64)))
-            cls._cache[(id(target), scale)] = hit
-        return hit[1]
+        hit = cls._cache.get(target, scale)
+        if hit is None:
+            hit = cls._cache.put(target, scale,
+                                 engine_log_density(target, jnp.asarray(scale, jnp.float64)))
+        return hit
 
 
 def propose(target: Target, settings: TTSettings, state: TTState, rng_key: jax.Array,

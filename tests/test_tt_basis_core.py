@@ -9,6 +9,7 @@ import pytest
 
 from numpyro_hjb.tt import basis as B
 from numpyro_hjb.tt import core as C
+from numpyro_hjb.tt import evaluate as E
 
 
 def random_tt(rng, ranks, degs, scale=0.5):
@@ -61,12 +62,23 @@ def test_nodal_to_coeff_exact_for_polynomials():
     np.testing.assert_allclose(t2 @ (B.eval_basis_np(nodes2, p) @ c), c, atol=1e-11)
 
 
-def test_evaluation_value_grad_laplacian_against_autodiff():
+@pytest.mark.parametrize("strategy", ["accumulate", "stored basis"])
+def test_evaluation_value_grad_laplacian_against_autodiff(strategy, monkeypatch):
+    # both ways of forming the mode matrices (sums inside the degree recurrence, or the
+    # basis stored and contracted) give the same exact values
+    threshold = 1e9 if strategy == "accumulate" else 0
+    monkeypatch.setattr(E, "_ACCUMULATE_MAX_RANK_PRODUCT", threshold)
     rng = np.random.default_rng(0)
     tt = random_tt(rng, [1, 3, 4, 2, 1], [5, 3, 6, 4])
     x = rng.normal(size=(7, 4))
     with jax.enable_x64(True):
         v, g, lap = jax.jit(C.value_grad_lap)(tt.cores, jnp.asarray(x))
+        v2, g2, diag2 = jax.jit(E.value_grad_hess_diag)(tt.cores, jnp.asarray(x))
+        v3 = E.value(tt.cores, jnp.asarray(x))
+    np.testing.assert_allclose(v2, v, atol=1e-13)
+    np.testing.assert_allclose(v3, v, atol=1e-13)
+    np.testing.assert_allclose(g2, g, atol=1e-13)
+    np.testing.assert_allclose(diag2.sum(-1), lap, atol=1e-12)
     # central finite differences of the host (numpy float64) evaluation
     eps = 1e-4
     g_fd = np.zeros_like(x)

@@ -169,19 +169,21 @@ def propose(target: Target, settings: TTSettings, state: TTState, rng_key: jax.A
         scale = jnp.asarray(state.scale, jnp.float64)
         h_eps = jnp.asarray(state.h_eps, jnp.float64)
         log_density = _LogDensityCache.get(target, tuple(np.asarray(state.scale).tolist()))
-        bs = settings.runtime.batch_size
-        keys = jax.random.split(rng_key, max(1, -(-num // bs)))
+        # every chunk has the same size (one compilation): num <= batch_size is one chunk
+        # of num, a larger num is drawn in full chunks of batch_size and cut to num
+        size = min(settings.runtime.batch_size, num)
+        keys = jax.random.split(rng_key, -(-num // size))
         chunks = [
             propose_chunk(
-                cores, times, scale, h_eps, keys[i], num=min(bs, num - start),
+                cores, times, scale, h_eps, key, num=size,
                 sampler=sampler_for(settings.sampling, state.cole_hopf),
                 sampling=settings.sampling, log_density=log_density,
                 cole_hopf=bool(state.cole_hopf), jump=bool(state.final_jump),
             )
-            for i, start in enumerate(range(0, num, bs))
+            for key in keys
         ]
-        x, log_w = host_arrays(jnp.concatenate([c[0] for c in chunks]),
-                               jnp.concatenate([c[1] for c in chunks]))
+        x, log_w = host_arrays(jnp.concatenate([c[0] for c in chunks])[:num],
+                               jnp.concatenate([c[1] for c in chunks])[:num])
     return x, log_w
 
 

@@ -10,6 +10,7 @@ synthetic targets are given as a flat improper site plus ``numpyro.factor``
 name           d    log rho(x)
 =============  ===  ==========================================================================
 gmm9           2    log of 1/9 sum_m N(x; m, 0.3 I), m in {-5, 0, 5}^2           (log Z = 0)
+gmm9_rot30     2    gmm9 with its centres rotated by 30 degrees (not a product)   (log Z = 0)
 funnel10       10   x1 ~ N(0, 3^2), x2..10 | x1 ~ N(0, e^{x1} I)                   (log Z = 0)
 manywell5      5    -sum_i (x_i^2 - 4)^2                           (log Z = 5 log I(4))
 manywell50     50   -sum_{i<=5} (x_i^2 - 2)^2 - 1/2 sum_{i>5} x_i^2 (5 log I(2) + 22.5 log 2pi)
@@ -113,9 +114,14 @@ GMM9_VAR = 0.3
 GMM9_CENTRES = np.array([[a, b] for a in (-5.0, 0.0, 5.0) for b in (-5.0, 0.0, 5.0)])
 
 
-def gmm9() -> BenchmarkTarget:
-    """Mixture of 9 equally weighted N(m, 0.3 I), m in {-5, 0, 5}^2 (normalised)."""
-    centres = jnp.asarray(GMM9_CENTRES, dtype=jnp.float32)
+def gmm9(rotation_deg: float = 0.0) -> BenchmarkTarget:
+    """Mixture of 9 equally weighted N(m, 0.3 I), m in {-5, 0, 5}^2 rotated by
+    ``rotation_deg`` degrees about the origin (normalised). Rotated, it is not a product
+    of 1-D densities."""
+    angle = math.radians(rotation_deg)
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    centres_np = GMM9_CENTRES @ rotation.T
+    centres = jnp.asarray(centres_np, dtype=jnp.float32)
     var = GMM9_VAR
 
     def log_density(x):
@@ -134,9 +140,10 @@ def gmm9() -> BenchmarkTarget:
         d2 = jnp.sum((jnp.asarray(x)[:, None, :] - centres[None]) ** 2, axis=-1)
         return jnp.argmin(d2, axis=-1)
 
+    # the centres' covariance is (50/3) I, rotation-invariant
     std = math.sqrt(var + float(np.var([-5.0, 0.0, 5.0])))  # sqrt(0.3 + 50/3)
     return BenchmarkTarget(
-        name="gmm9",
+        name="gmm9" if rotation_deg == 0 else f"gmm9_rot{rotation_deg:g}",
         dim=2,
         model=model,
         log_density=log_density,
@@ -145,7 +152,7 @@ def gmm9() -> BenchmarkTarget:
         true_std=np.full(2, std),
         mode_of=mode_of,
         mode_weights=np.full(9, 1.0 / 9.0),
-        mode_centres=GMM9_CENTRES.copy(),
+        mode_centres=centres_np.copy(),
         init_scale=6.0,
     )
 
@@ -324,6 +331,7 @@ def gauss(dim: int, seed: int = 0) -> BenchmarkTarget:
 #: name -> constructor (no arguments); ``gauss{d}`` is matched by pattern in get_target.
 TARGETS: dict[str, Callable[[], BenchmarkTarget]] = {
     "gmm9": gmm9,
+    "gmm9_rot30": lambda: gmm9(30.0),
     "funnel10": lambda: funnel10(10),
     "manywell5": lambda: manywell(5, 5, 4.0, name="manywell5"),
     "manywell50": lambda: manywell(50, 5, 2.0, name="manywell50"),

@@ -62,7 +62,8 @@ def test_score_fn_matches_closed_form():
 
 
 def test_scaled_non_gaussian_target_weights_are_consistent():
-    """A bimodal 1-D target through the cutoff HJB, with a diagonal pre-scale: exact weights."""
+    """A bimodal 1-D target through the cutoff HJB (``formulation="hjb"``), with a diagonal
+    pre-scale: exact weights."""
 
     def log_density(x):
         return jnp.logaddexp(-((x[0] - 1.5) ** 2) / 0.5, -((x[0] + 1.5) ** 2) / 0.5)
@@ -71,7 +72,8 @@ def test_scaled_non_gaussian_target_weights_are_consistent():
     log_z = np.log(np.sum(np.exp(np.logaddexp(-((ys - 1.5) ** 2) / 0.5, -((ys + 1.5) ** 2) / 0.5))) * (ys[1] - ys[0]))
     target = Target.from_log_density(log_density, 1)
     res = numpyro_hjb.fit(
-        target, engine="tt", progress_bar=False, scale=1.5, cutoff_degree=24, **FAST
+        target, engine="tt", progress_bar=False, formulation="hjb", scale=1.5, cutoff_degree=24,
+        **FAST
     )
     assert res.info["formulation"].startswith("hjb(cutoff")
     ev = res.log_evidence(jax.random.PRNGKey(3), num_samples=1000)
@@ -111,8 +113,11 @@ def test_auto_scale_moves_toward_an_accurate_fit():
     # at this degree no scale reaches scale_tol: the search stops at the smallest indicator
     assert res.info["scale_search"][f"{chosen:.4g}"] == min(res.info["scale_search"].values())
     assert res.info["log_z_readoff"] == pytest.approx(log_z, abs=1e-3)
-    with pytest.raises(ValueError, match="cole_hopf"):
-        numpyro_hjb.fit(well, engine="tt", progress_bar=False, scale="auto")
+    # the default route: the polynomial check fails, so Cole-Hopf with the same search
+    res_default = numpyro_hjb.fit(well, engine="tt", progress_bar=False, ch_degree=48,
+                                  num_sampling_steps=20)
+    assert res_default.info["formulation"] == "cole_hopf"
+    assert float(res_default.state.scale[0]) == chosen
 
 
 def test_a_float32_model():
@@ -138,3 +143,31 @@ def test_a_float32_model():
     assert draws.samples["mu"].shape == (200, 2)
     np.testing.assert_allclose(np.mean(np.asarray(draws.samples["mu"]), 0),
                                4.0 * y.sum(0) / (4.0 * n + 1.0), atol=0.15)
+
+
+def test_a_coupled_mixture_against_quadrature():
+    """A 2-D mixture of two correlated Gaussians (not a product: the TT needs rank > 1), with
+    the default route (Cole-Hopf after the polynomial check fails, scale from the search):
+    log Z against 2-D quadrature."""
+    means = np.array([[1.5, 1.0], [-1.5, -0.5]])
+    covs = np.array([[[0.5, 0.35], [0.35, 0.5]], [[0.4, -0.2], [-0.2, 0.6]]])
+    precs = np.linalg.inv(covs)
+    log_w = np.log([0.6, 0.4]) - 0.5 * np.linalg.slogdet(2 * np.pi * covs)[1] + 0.4
+
+    def log_density(x):
+        r = x[None] - means
+        return jax.scipy.special.logsumexp(log_w - 0.5 * jnp.einsum("ki,kij,kj->k", r, precs, r))
+
+    grid = np.linspace(-8.0, 8.0, 801)
+    pts = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    r = pts[:, None, :] - means[None]
+    log_terms = log_w - 0.5 * np.einsum("nki,kij,nkj->nk", r, precs, r)
+    log_z = float(np.log(np.exp(log_terms).sum()) + 2 * np.log(grid[1] - grid[0]))
+
+    res = numpyro_hjb.fit(Target.from_log_density(log_density, 2), engine="tt",
+                          progress_bar=False, num_sampling_steps=30)
+    assert res.info["formulation"] == "cole_hopf" and max(res.info["final_ranks"]) > 1
+    assert res.info["log_z_readoff"] == pytest.approx(log_z, abs=0.01)
+    ev = res.log_evidence(jax.random.PRNGKey(3), num_samples=2000)
+    assert ev.log_z == pytest.approx(log_z, abs=4 * ev.log_z_se + 0.01)
+    assert ev.ess > 0.7

@@ -62,8 +62,8 @@ GROUP_FITS = {
                                    grid_power=1.5), {}),
     "sampling-tweedie": (_well, dict(sampler="tweedie", jump_tol=1e-2, jump_newton=3),
                          dict(formulation="cole_hopf", ch_degree=32)),
-    "scaling": (_wide, dict(scale="auto", scale_tol=0.1, scale_step=1.5, scale_min=0.5,
-                            scale_max=3.0), dict(formulation="cole_hopf", ch_degree=24)),
+    "scaling": (_wide, dict(scale_tol=0.1, scale_step=1.5, scale_min=0.5, scale_max=3.0),
+                dict(formulation="cole_hopf", ch_degree=24)),
     "scaling-vector": (_gauss2, dict(scale=(1.2, 0.8)), {}),
     "runtime": (_gauss2, dict(batch_size=100), {}),
 }

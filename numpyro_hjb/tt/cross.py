@@ -7,8 +7,8 @@ n_k = p_k + 1 nodes per mode: each sweep evaluates f on the fibres
 fibre matrix and picks the next pivots with maxvol. The result interpolates f at the pivots;
 the nodal cores are then turned into Hermite coefficients mode by mode with the
 (p_k+1) x n_k grid transform c_i = sum_j w_j h_i(x_j) f(x_j) (interpolation at the nodes).
-Rank adaptivity: the rank cap doubles while the rounded cross saturates it and the hold-out
-error is above tolerance. Finally the TT is rounded.
+Rank adaptivity: the rank cap doubles while the rounded cross uses more than half of it and
+the hold-out error is above tolerance. Finally the TT is rounded.
 
 The fit is reported by its hold-out relative error on fresh N(0, I) points
 (:func:`holdout_error`).
@@ -225,8 +225,8 @@ def cross_potential(
     noise_rel: float = 0.0,
 ) -> CrossResult:
     """FTT of f (e.g. W_0 = U - |x|^2/2) on the degree-``degree`` Gauss-Hermite grid, with a
-    rank cap that doubles (up to ``max_rank``) while the rounded result saturates it and the
-    hold-out relative error exceeds ``holdout_tol``. ``num_nodes`` (default degree + 1, i.e.
+    rank cap r that doubles (up to ``max_rank``) while the rounded result has a rank above
+    r / 2 and the hold-out relative error exceeds ``holdout_tol``. ``num_nodes`` (default degree + 1, i.e.
     interpolation) > degree + 1 gives the discrete L2(gamma) projection on a finer grid,
     which avoids interpolation blow-up between nodes for non-polynomial f.
 
@@ -238,7 +238,7 @@ def cross_potential(
 
     so singular values far below the error the degree already makes (cross / round-off
     noise, e.g. spurious rank > 1 for a product f) are dropped; the added L2(gamma) error is
-    <= noise_rel * eps_p ||f||. Rank saturation is judged after this rounding."""
+    <= noise_rel * eps_p ||f||. The rank is judged after this rounding."""
     from .basis import gauss_hermite
 
     rng = np.random.default_rng(seed)
@@ -258,7 +258,9 @@ def cross_potential(
             if tol > round_tol:
                 tt = C.round_tt(tt, tol)
         err = holdout_error(tt, fun, rng)
-        saturated = max(C.ranks(tt)) >= r
-        if err <= holdout_tol or not saturated or r >= max_rank:
+        # more than half the cap used: the cap may be what limits the fit (a cross at cap r
+        # can return fewer than r useful pivots for a function of rank just above r)
+        near_saturated = 2 * max(C.ranks(tt)) > r
+        if err <= holdout_tol or not near_saturated or r >= max_rank:
             return CrossResult(tt, total, err, r, sweeps)
         r = min(2 * r, max_rank)

@@ -3,8 +3,9 @@
     fit(target, rng_key, settings, progress_bar, init_state) -> (TTState, FitInfo)
     propose(target, settings, state, rng_key, num) -> (x (num, d), log_w (num,))
 
-:func:`fit`: (1) the diagonal pre-scaling xi = x / s (``scale``; "auto":
-:func:`numpyro_hjb.tt.w0.choose_scale`), rho~(xi) = rho(s xi) prod s with the same Z;
+:func:`fit`: (1) the diagonal pre-scaling xi = x / s (``scale``; "auto", the default: s = 1
+for a Gaussian target, else :func:`numpyro_hjb.tt.w0.choose_scale`), rho~(xi) = rho(s xi)
+prod s with the same Z;
 (2) W_0 = -log rho~ - |xi|^2 / 2 into FTT form and the hjb -> cutoff -> Cole-Hopf cascade
 to the snapshots W_{t_j} (or h_{t_j}) on the sampler's grid
 (:func:`numpyro_hjb.tt.formulations.run_route`); (3) the snapshots, stacked, in a
@@ -31,7 +32,7 @@ from ..base import Engine, FitInfo, host_arrays, register_engine
 from ..cache import IdentityCache
 from ..target import Target
 from . import core as C
-from .formulations import run_route, stack_snapshots
+from .formulations import polynomial_check, run_route, stack_snapshots
 from .samplers import propose_chunk, sampler_for, score_fn
 from .settings import TTSettings
 from .w0 import choose_scale, engine_log_density, scale_vector, w0_functions
@@ -66,6 +67,28 @@ def _seed(rng_key) -> int:
     return int(np.asarray(jax.random.randint(rng_key, (), 0, 2**31 - 1, dtype=jnp.int32)))
 
 
+def _choose_scale(target: Target, d: int, settings: TTSettings, seed: int):
+    """The pre-scaling s (d,) and what deciding it produced: (s, scale_search, its target
+    evaluations, the fit of h_0 at s or None, the polynomial check of W_0 at s or None).
+
+    ``scale="auto"`` (the default): the route's own polynomial check runs first at s = 1;
+    a polynomial W_0 (a Gaussian target) keeps s = 1 and the exact HJB, so does
+    ``formulation="hjb"``; any other W_0 goes to Cole-Hopf with s from the truncation-indicator
+    search (:func:`numpyro_hjb.tt.w0.choose_scale`).
+    """
+    scale = settings.scaling.scale
+    if scale != "auto":
+        return scale_vector(scale, d), {}, 0, None, None
+    check = None
+    if settings.route.formulation == "auto":
+        check = polynomial_check(*w0_functions(engine_log_density(target, jnp.ones(d))), d,
+                                 settings, seed)
+    if settings.route.formulation == "hjb" or (check is not None and check.polynomial):
+        return np.ones(d), {}, 0, None, check
+    s, search, evals, h0_fit = choose_scale(target, d, settings, seed)
+    return scale_vector(s, d), search, evals, h0_fit, check  # the route counts the check
+
+
 def fit(target: Target, rng_key: jax.Array, settings: TTSettings, progress_bar: bool = True,
         init_state: TTState | None = None) -> tuple[TTState, FitInfo]:
     """Fit W_0 (or h_0), evolve it, store W_t (or h_t) on the sampler's grid.
@@ -92,20 +115,17 @@ def fit(target: Target, rng_key: jax.Array, settings: TTSettings, progress_bar: 
     d = int(target.dim)
     seed = _seed(rng_key)
     with jax.enable_x64(True):
-        scale_search, scale_evals, h0_fit = {}, 0, None
-        t_scale = time.perf_counter()
-        scale = settings.scaling.scale
-        if scale == "auto":
-            scale, scale_search, scale_evals, h0_fit = choose_scale(target, d, settings, seed)
-        scale_s = time.perf_counter() - t_scale  # counted as training time
-        scale = jnp.asarray(scale_vector(scale, d))
-        w0_fun, w0_grad_fun = w0_functions(engine_log_density(target, scale))
+        t0 = time.perf_counter()
+        scale, scale_search, scale_evals, h0_fit, check = _choose_scale(target, d, settings,
+                                                                         seed)
+        w0_fun, w0_grad_fun = w0_functions(engine_log_density(target, jnp.asarray(scale)))
+        scale_s = time.perf_counter() - t0  # counted as training time
         t0 = time.perf_counter()
         if not np.all(np.isfinite(w0_fun(np.zeros((1, d))))):
             raise RuntimeError("The target's log density is not finite at the origin.")
         compile_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        route = run_route(w0_fun, w0_grad_fun, d, settings, seed, progress_bar, h0_fit)
+        route = run_route(w0_fun, w0_grad_fun, d, settings, seed, progress_bar, h0_fit, check)
         train_s = time.perf_counter() - t1 + scale_s
     state = TTState(
         times=np.asarray(route.times, dtype=np.float64),

@@ -4,9 +4,9 @@
 With W_t = v_t - |x|^2 / 2 (v_t = -V_t, so W_0 = U - |x|^2 / 2):
 
 1. "hjb": dW/dt = L W - |grad W|^2 (:func:`numpyro_hjb.tt.hjb.integrate`), when W_0 is a
-   polynomial of degree ``degree`` (hold-out error <= ``cross_tol``; Gaussian targets).
-   W_t then stays a polynomial of that degree, the Galerkin HJB is exact up to time
-   stepping and rounding, and log Z is read off W_T.
+   polynomial of degree ``degree`` (hold-out error <= ``cross_tol``; Gaussian targets:
+   :func:`polynomial_check`). W_t then stays a polynomial of that degree, the Galerkin HJB
+   is exact up to time stepping and rounding, and log Z is read off W_T.
 2. "hjb(cutoff=R)": for any other W_0 the Hermite-Galerkin HJB is unstable; the far-field
    cutoff sum_mu chi_R(x_mu) (d_mu W)^2 stabilises it (mild targets, low dimension), with
    W_0 refitted at ``cutoff_degree`` on 2 ``cutoff_degree`` + 2 nodes per mode. The read-off
@@ -14,8 +14,11 @@ With W_t = v_t - |x|^2 / 2 (v_t = -V_t, so W_0 = U - |x|^2 / 2):
 3. "cole_hopf": h_t = e^{tL} h_0 with h_0 = e^{-(W_0 - c)} (:func:`numpyro_hjb.tt.w0.fit_h0`):
    linear, exact in time, and stable; grad W = -grad h / h is as good as the expansion of h.
 
-``formulation="auto"`` runs the stages in this order until one integrates to the end;
-"hjb" runs 1-2 and fails if neither does; "cole_hopf" runs 3 only.
+``formulation="auto"`` takes stage 1 when W_0 is a polynomial and stage 3 otherwise (or
+when stage 1 fails); "hjb" runs stage 1 for a polynomial W_0 and stage 2 for any other, and
+fails if it does not integrate to the end; "cole_hopf" runs stage 3 only. The cutoff stage
+is not part of "auto": it has stabilised only 1-D targets (on the rotated gmm9, d = 2, its
+step size collapses at t = 0), and its read-off is approximate (docs/lab/notes.md).
 
 The snapshots are stored on the sampler's grid t_k = T (k / K)^power. On the Cole-Hopf
 route with the tweedie sampler and ``jump_tol`` > 0 the grid is instead
@@ -40,7 +43,14 @@ from .samplers import sampler_for
 from .settings import Sampling, TTSettings
 from .w0 import ColeHopfFit, HostFn, fit_h0, fit_w0
 
-__all__ = ["RouteResult", "jump_grid", "run_route", "stack_snapshots"]
+__all__ = [
+    "PolynomialCheck",
+    "RouteResult",
+    "jump_grid",
+    "polynomial_check",
+    "run_route",
+    "stack_snapshots",
+]
 
 #: hold-out points of each W_0 fit, counted as target evaluations
 _HOLDOUT = 2000
@@ -105,30 +115,51 @@ def stack_snapshots(snapshots: list) -> tuple[np.ndarray, ...]:
     return tuple(np.stack([p[k] for p in padded]) for k in range(d))
 
 
+class PolynomialCheck(NamedTuple):
+    """The fit of W_0 at the route's ``degree`` that decides whether the exact HJB applies.
+
+    Attributes:
+        fit: the cross (or least-squares) fit of W_0 (:func:`numpyro_hjb.tt.w0.fit_w0`).
+        polynomial: its hold-out error is at most ``cross_tol`` (W_0 is a polynomial of that
+            degree: a Gaussian target).
+        num_evals: target evaluations of the fit and its hold-out.
+        info: the fit's report.
+    """
+
+    fit: object
+    polynomial: bool
+    num_evals: int
+    info: dict
+
+
+def polynomial_check(w0_fun: HostFn, w0_grad_fun: HostFn, d: int, settings: TTSettings,
+                     seed: int) -> PolynomialCheck:
+    """Fit W_0 at degree ``degree`` and test its hold-out error against ``cross_tol``."""
+    fit, info = fit_w0(w0_fun, w0_grad_fun, d, settings.route.degree, settings, seed)
+    polynomial = fit.holdout_error <= settings.cross.cross_tol
+    return PolynomialCheck(fit, bool(polynomial), fit.num_evals + _HOLDOUT, dict(info))
+
+
 def _hjb_stages(w0_fun: HostFn, w0_grad_fun: HostFn, d: int, times: np.ndarray,
-                settings: TTSettings, seed: int, progress_bar: bool):
-    """Stages 1-2 of the cascade. Returns (HJBResult or None, the cutoff used, the last W_0
-    fit, its evaluations, the failure messages, the W_0 fit report)."""
+                settings: TTSettings, seed: int, progress_bar: bool, check: PolynomialCheck):
+    """The HJB stages of the cascade: the exact HJB when W_0 is a polynomial; under
+    ``formulation="hjb"`` otherwise the cutoff HJB. Returns (HJBResult or None, the cutoff
+    used, the last W_0 fit, its evaluations, the failure messages, the W_0 fit report)."""
     route = settings.route
-    w0_info: dict = {}
-
-    def fit(degree, **extra):
-        out, info = fit_w0(w0_fun, w0_grad_fun, d, degree, settings, seed, **extra)
-        w0_info.update(info)  # the last W_0 fit is reported
-        return out
-
-    cross = fit(route.degree)
-    num_evals = cross.num_evals + _HOLDOUT
-    polynomial = cross.holdout_error <= settings.cross.cross_tol
-    stages = [0.0] if polynomial else []
-    if route.cutoff > 0 and (route.formulation == "auto" or not polynomial):
-        stages.append(route.cutoff)
-    if route.formulation == "hjb" and not stages:
+    w0_info = dict(check.info)
+    cross, num_evals = check.fit, check.num_evals
+    if check.polynomial:
         stages = [0.0]
+    elif route.formulation == "hjb":
+        stages = [route.cutoff] if route.cutoff > 0 else [0.0]
+    else:
+        stages = []
     failure = ""
     for r_cut in stages:
-        if r_cut > 0 and not polynomial:
-            cross = fit(route.cutoff_degree, num_nodes=2 * route.cutoff_degree + 2)
+        if r_cut > 0:
+            cross, info = fit_w0(w0_fun, w0_grad_fun, d, route.cutoff_degree, settings, seed,
+                                 num_nodes=2 * route.cutoff_degree + 2)
+            w0_info.update(info)  # the last W_0 fit is reported
             num_evals += cross.num_evals + _HOLDOUT
         try:
             res = integrate(cross.tt, times, settings.integration, settings.adaptivity,
@@ -159,10 +190,12 @@ def _cole_hopf_stage(ch: ColeHopfFit, times: np.ndarray, settings: TTSettings):
 
 
 def run_route(w0_fun: HostFn, w0_grad_fun: HostFn, d: int, settings: TTSettings, seed: int,
-              progress_bar: bool, h0_fit: ColeHopfFit | None = None) -> RouteResult:
+              progress_bar: bool, h0_fit: ColeHopfFit | None = None,
+              check: PolynomialCheck | None = None) -> RouteResult:
     """The cascade of the module docstring for W_0 given by host functions (values and
     gradients at points (n, d)). ``h0_fit``: a fit of h_0 already made (by the scale search),
-    used on the Cole-Hopf route (its evaluations are counted by the search). Call under
+    used on the Cole-Hopf route (its evaluations are counted by the search); ``check``: the
+    :func:`polynomial_check` of this W_0 when already made. Call under
     ``jax.enable_x64(True)``.
 
     Raises:
@@ -175,8 +208,10 @@ def run_route(w0_fun: HostFn, w0_grad_fun: HostFn, d: int, settings: TTSettings,
     ))
     res, failure, num_evals, w0_info = None, "", 0, {}
     if settings.route.formulation in ("auto", "hjb"):
+        if check is None:
+            check = polynomial_check(w0_fun, w0_grad_fun, d, settings, seed)
         res, r_cut, cross, num_evals, failure, w0_info = _hjb_stages(
-            w0_fun, w0_grad_fun, d, times, settings, seed, progress_bar
+            w0_fun, w0_grad_fun, d, times, settings, seed, progress_bar, check
         )
     if res is not None:
         log_z, resid = log_z_readoff(res.final)

@@ -15,9 +15,8 @@ Every option keeps its flat name (``fit(model, engine="tt", ch_degree=96)``):
 * :class:`Runtime`: how proposals are chunked (no effect on the result).
 
 No default depends on another option, so :meth:`TTSettings.resolve` has nothing to fill in;
-``sampler="auto"`` and ``scale="auto"`` are decided by the fit (the route taken, the scale
-search) and recorded in the state. The one rule across groups: ``scale="auto"`` needs
-``formulation="cole_hopf"`` (checked on construction).
+``formulation="auto"``, ``sampler="auto"`` and ``scale="auto"`` are decided by the fit (the
+polynomial check of W_0, the route taken, the scale search) and recorded in the state.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from typing import Literal
 
 from ..settings import (
     EngineSettings,
-    InvalidSettingError,
     SettingsGroup,
     at_least,
     nonnegative,
@@ -68,14 +66,15 @@ def _positive_scale(value) -> str | None:
 class Route(SettingsGroup):
     """Which equation carries the target to the reference (docs/design.md s.4).
 
-    ``formulation="auto"`` tries, in order: the exact HJB when W_0 is a polynomial of degree
-    ``degree`` (hold-out error <= ``cross_tol``: Gaussian targets); the HJB with the far-field
-    cutoff sum_mu chi_R(x_mu) (d_mu W)^2, chi_R(x) = exp(-(x / R)^8), R = ``cutoff``, on a
-    W_0 of degree ``cutoff_degree``; the Cole-Hopf equation h_t = e^{tL} h_0.
+    ``formulation="auto"`` takes the exact HJB when W_0 is a polynomial of degree ``degree``
+    (hold-out error <= ``cross_tol``: Gaussian targets) and the Cole-Hopf equation
+    h_t = e^{tL} h_0 otherwise. ``formulation="hjb"`` takes, for a W_0 that is not a
+    polynomial, the HJB with the far-field cutoff sum_mu chi_R(x_mu) (d_mu W)^2,
+    chi_R(x) = exp(-(x / R)^8), R = ``cutoff``, on a W_0 of degree ``cutoff_degree``.
     """
 
     formulation: Literal["auto", "hjb", "cole_hopf"] = option(
-        "auto", "'hjb', 'cole_hopf', or 'auto': the HJB cascade, then Cole-Hopf"
+        "auto", "'hjb', 'cole_hopf', or 'auto': the exact HJB for a Gaussian, else Cole-Hopf"
     )
     degree: int = option(2, "degree of the W_0 fit of the exact-HJB check", positive)
     cutoff: float = option(4.0, "R of the far-field cutoff chi_R |grad W|^2 (0: off)", nonnegative)
@@ -84,9 +83,14 @@ class Route(SettingsGroup):
 
 @dataclasses.dataclass(frozen=True)
 class ColeHopf(SettingsGroup):
-    """The Hermite fit of h_0 = e^{-(W_0 - c)} on the Cole-Hopf route (docs/design.md s.4)."""
+    """The Hermite fit of h_0 = e^{-(W_0 - c)} on the Cole-Hopf route (docs/design.md s.4).
 
-    ch_degree: int = option(64, "Hermite degree per mode of h_0", positive)
+    The default degree 96 is the largest the default ``ch_nodes`` = 2 nodes per degree allow
+    (Gauss-Hermite rules of more than 200 nodes underflow in float64); degree 64 left log Z
+    biased on the rotated gmm9 (docs/lab/notes.md).
+    """
+
+    ch_degree: int = option(96, "Hermite degree per mode of h_0", positive)
     ch_eps: float = option(
         1e-10, "guard eps of grad W = -grad h h / (h^2 + eps^2 E[h]^2)", nonnegative
     )
@@ -103,7 +107,8 @@ class ColeHopf(SettingsGroup):
 class Cross(SettingsGroup):
     """The TT-cross of W_0 (and h_0) on the Gauss-Hermite grid (:mod:`numpyro_hjb.tt.cross`)."""
 
-    cross_rank: int = option(8, "initial rank cap (doubles while saturated)", positive)
+    cross_rank: int = option(8, "initial rank cap (doubles while over half of it is used)",
+                             positive)
     cross_max_rank: int = option(32, "largest rank cap", positive)
     cross_sweeps: int = option(6, "maxvol sweep pairs", positive)
     cross_tol: float = option(
@@ -188,12 +193,14 @@ class Sampling(SettingsGroup):
 @dataclasses.dataclass(frozen=True)
 class Scaling(SettingsGroup):
     """The diagonal pre-scaling x = s xi: the engine works with rho~(xi) = rho(s xi) prod s
-    (same Z). ``scale="auto"`` (Cole-Hopf route) searches a common s from s = 1 in factors
-    ``scale_step`` within [scale_min, scale_max], taking the largest s whose truncation
-    indicator is <= ``scale_tol`` (:func:`numpyro_hjb.tt.w0.choose_scale`)."""
+    (same Z). ``scale="auto"`` (the default) keeps s = 1 on the HJB route (a Gaussian
+    target, or ``formulation="hjb"``) and on the Cole-Hopf route searches a common s from
+    s = 1 in factors ``scale_step`` within [scale_min, scale_max], taking the largest s whose
+    truncation indicator is <= ``scale_tol`` (:func:`numpyro_hjb.tt.w0.choose_scale`).
+    ``None`` is s = 1."""
 
     scale: float | tuple[float, ...] | Literal["auto"] | None = option(
-        None, "None, a number, one number per dimension, or 'auto'", _positive_scale
+        "auto", "'auto', None (1), a number, or one number per dimension", _positive_scale
     )
     scale_tol: float = option(0.05, "truncation indicator the search accepts", positive)
     scale_step: float = option(1.25, "factor between the scales tried", _greater_than_one)
@@ -221,13 +228,6 @@ class TTSettings(EngineSettings):
     sampling: Sampling = dataclasses.field(default_factory=Sampling)
     scaling: Scaling = dataclasses.field(default_factory=Scaling)
     runtime: Runtime = dataclasses.field(default_factory=Runtime)
-
-    def __post_init__(self):
-        if self.scaling.scale == "auto" and self.route.formulation != "cole_hopf":
-            raise InvalidSettingError(
-                "setting 'scale'='auto' is for formulation='cole_hopf', got formulation="
-                f"{self.route.formulation!r}"
-            )
 
     def resolve(self) -> "TTSettings":
         """Nothing to fill in: every option is used as given."""

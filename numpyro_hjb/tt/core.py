@@ -37,6 +37,7 @@ __all__ = [
     "value_grad_lap",
     "value_grad_hess_diag",
     "top_degree_mass",
+    "total_degree_norms",
     "gradient",
     "add",
     "scale",
@@ -354,6 +355,29 @@ def round_tt(
     if return_info:
         return out, {"norm": nrm, "top_degree_mass": top, "truncation": math.sqrt(cut_sq)}
     return out
+
+
+def total_degree_norms(tt: TT, max_degree: int = 2) -> np.ndarray:
+    """(max_degree + 2,) squared L2(gamma) norms of the parts of f of total degree
+    m = 0..max_degree, and of all total degrees above it in the last entry:
+    sum over multi-indices alpha with |alpha| = m of c_alpha^2 (orthonormal basis).
+
+    With L_alpha = G_1[alpha_1] ... G_k[alpha_k] (row vectors), the Gram sums
+    S_k[m] = sum_{|alpha| = m} L_alpha^T L_alpha obey S_k[m] = sum_i G_k[i]^T S_{k-1}[m - i]
+    G_k[i] (degrees above ``max_degree`` pooled), and the norms are S_d[m]."""
+    top = max_degree + 1
+    grams = [np.ones((1, 1))] + [np.zeros((1, 1)) for _ in range(top)]
+    for core in _np_cores(tt):
+        r1 = core.shape[2]
+        new = [np.zeros((r1, r1)) for _ in range(top + 1)]
+        for m, gram in enumerate(grams):
+            if not np.any(gram):
+                continue
+            for i in range(core.shape[1]):
+                g = core[:, i, :]
+                new[min(m + i, top)] += g.T @ gram @ g
+        grams = new
+    return np.array([float(g[0, 0]) for g in grams])
 
 
 def top_degree_mass(tt: TT, width: int = 2) -> np.ndarray:

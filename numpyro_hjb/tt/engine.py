@@ -33,7 +33,7 @@ from ..cache import IdentityCache
 from ..target import Target
 from . import core as C
 from .formulations import polynomial_check, run_route, stack_snapshots
-from .samplers import propose_chunk, sampler_for, score_fn
+from .samplers import propose_chunk, quadratic_snapshots, sampler_for, score_fn
 from .settings import TTSettings
 from .w0 import choose_scale, engine_log_density, scale_vector, w0_functions
 
@@ -193,12 +193,13 @@ def propose(target: Target, settings: TTSettings, state: TTState, rng_key: jax.A
         # of num, a larger num is drawn in full chunks of batch_size and cut to num
         size = min(settings.runtime.batch_size, num)
         keys = jax.random.split(rng_key, -(-num // size))
+        sampler = sampler_for(settings.sampling, state.cole_hopf)
+        affine = sampler == "ode" and not state.cole_hopf and quadratic_snapshots(state.cores)
         chunks = [
             propose_chunk(
                 cores, times, scale, h_eps, key, num=size,
-                sampler=sampler_for(settings.sampling, state.cole_hopf),
-                sampling=settings.sampling, log_density=log_density,
-                cole_hopf=bool(state.cole_hopf), jump=bool(state.final_jump),
+                sampler=sampler, sampling=settings.sampling, log_density=log_density,
+                cole_hopf=bool(state.cole_hopf), jump=bool(state.final_jump), affine=affine,
             )
             for key in keys
         ]

@@ -10,7 +10,8 @@ log w = log rho~(y) - log q(y) for the proposal actually used, so that E_q[w] = 
 
 * "ode": the probability-flow ODE dY/ds = -grad W_{T-s}(Y), one Heun step Phi_j per grid
   interval, and log q(y_end) = log N(y_0; 0, I) - sum_j log|det D Phi_j(y_j)| with the
-  exact Jacobian of the discrete map;
+  exact Jacobian of the discrete map (one per step, not per particle, when W_t is
+  quadratic: the maps are then affine);
 * "sde": the reverse SDE with control u(y, t) = -grad W_t(y) on the exponential-integrator
   scheme of :func:`numpyro_hjb.diffusion.ou_scheme`, with its path weights;
 * "tweedie": moment-matched Gaussian reverse transitions (:func:`tweedie_paths`) with path
@@ -27,9 +28,11 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..diffusion import ou_scheme, path_log_weights, simulate_paths
 from ..gaussian import normal_logpdf
+from . import core as C
 from . import evaluate as E
 from .settings import Sampling
 
@@ -39,6 +42,7 @@ __all__ = [
     "log_h_derivatives",
     "ode_paths",
     "propose_chunk",
+    "quadratic_snapshots",
     "sampler_for",
     "score_fn",
     "sde_paths",
@@ -97,10 +101,14 @@ def _log_gamma(y):
     return normal_logpdf(y, 0.0, 1.0)
 
 
-def ode_paths(cores, times, key, num: int, dim: int, log_density, grad_w_fn):
+def ode_paths(cores, times, key, num: int, dim: int, log_density, grad_w_fn,
+              affine: bool = False):
     """Probability-flow ODE from t = T to 0, one Heun step per snapshot interval, with the
-    exact log-determinants of the discrete maps (module docstring). Returns (y (n, d),
-    log w (n,))."""
+    exact log-determinants of the discrete maps (module docstring). With ``affine`` each
+    step is the affine map y -> Phi_j(0) + D Phi_j(0) y: one d x d Jacobian per step
+    instead of one per particle. It equals Phi_j when W is quadratic (total degree <= 2,
+    so grad W and the Heun map are affine), and the log weights are exact for the map
+    actually used either way. Returns (y (n, d), log w (n,))."""
     y0 = jax.random.normal(key, (num, dim), jnp.float64)
     rev = tuple(c[::-1] for c in cores)  # index 0 = time T
     t_rev = times[::-1]
@@ -118,7 +126,13 @@ def ode_paths(cores, times, key, num: int, dim: int, log_density, grad_w_fn):
             jac = jax.jacfwd(phi)(z)
             return phi(z), jnp.linalg.slogdet(jac)[1]
 
-        y_new, logdet = jax.vmap(phi_and_logdet)(y)
+        if affine:  # the affine map through phi(0) with the Jacobian of phi at 0
+            zero = jnp.zeros((dim,), y.dtype)
+            jac = jax.jacfwd(phi)(zero)
+            y_new = phi(zero) + y @ jac.T
+            logdet = jnp.linalg.slogdet(jac)[1]
+        else:
+            y_new, logdet = jax.vmap(phi_and_logdet)(y)
         return (y_new, log_q - logdet), None
 
     hs = t_rev[:-1] - t_rev[1:]
@@ -241,13 +255,29 @@ def tweedie_paths(cores, times, key, num: int, dim: int, log_density, cole_hopf:
     return y_end, jax.vmap(log_density)(y_end) - _log_gamma(y_end) + acc
 
 
+def quadratic_snapshots(cores: tuple, rel_tol: float = 1e-12) -> bool:
+    """Whether every stacked W-snapshot (cores (J, R0, P + 1, R1) per mode, host arrays) is
+    quadratic: its squared L2(gamma) mass above total degree 2 is at most ``rel_tol`` of
+    its squared norm (:func:`numpyro_hjb.tt.core.total_degree_norms`). The tolerance admits
+    the fit's and the integrator's round-off (a fitted quadratic carries ~1e-18); it only
+    decides the proposal, since the affine steps' weights are exact either way."""
+    for j in range(cores[0].shape[0]):
+        norms = C.total_degree_norms(C.from_cores([np.asarray(c[j]) for c in cores]))
+        if norms[-1] > rel_tol * max(norms.sum(), 1e-300):
+            return False
+    return True
+
+
 @partial(jax.jit, static_argnames=("num", "sampler", "sampling", "log_density", "cole_hopf",
-                                   "jump"))
+                                   "jump", "affine"))
 def propose_chunk(cores, times, scale, h_eps, key, *, num: int, sampler: str,
-                  sampling: Sampling, log_density, cole_hopf: bool, jump: bool = False):
+                  sampling: Sampling, log_density, cole_hopf: bool, jump: bool = False,
+                  affine: bool = False):
     """``num`` proposals x = s y (num, d) and their log weights (num,) by ``sampler`` ("ode",
     "sde" or "tweedie") from stacked snapshots ``cores`` at ``times`` (module docstring);
-    ``log_density``: log rho~ in engine coordinates (hashable: it is a static argument)."""
+    ``log_density``: log rho~ in engine coordinates (hashable: it is a static argument);
+    ``affine``: the ODE sampler's affine steps (:func:`ode_paths`; for quadratic W-snapshots,
+    :func:`quadratic_snapshots`)."""
     dim = scale.shape[0]
     if sampler == "tweedie":
         y, log_w = tweedie_paths(cores, times, key, num, dim, log_density, cole_hopf, h_eps,
@@ -257,5 +287,5 @@ def propose_chunk(cores, times, scale, h_eps, key, *, num: int, sampler: str,
         if sampler == "sde":
             y, log_w = sde_paths(cores, times, key, num, dim, log_density, grad_w_fn, sampling)
         else:
-            y, log_w = ode_paths(cores, times, key, num, dim, log_density, grad_w_fn)
+            y, log_w = ode_paths(cores, times, key, num, dim, log_density, grad_w_fn, affine)
     return scale * y, log_w

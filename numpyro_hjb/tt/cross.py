@@ -226,8 +226,8 @@ def cross_potential(
 ) -> CrossResult:
     """FTT of f (e.g. W_0 = U - |x|^2/2) on the degree-``degree`` Gauss-Hermite grid, with a
     rank cap r that doubles (up to ``max_rank``) while the rounded result has a rank above
-    r / 2 and the hold-out relative error exceeds ``holdout_tol``. ``num_nodes`` (default degree + 1, i.e.
-    interpolation) > degree + 1 gives the discrete L2(gamma) projection on a finer grid,
+    r / 2 and the hold-out relative error exceeds ``holdout_tol``. ``num_nodes`` (default
+    degree + 1, i.e. interpolation) > degree + 1 gives the discrete L2(gamma) projection on a finer grid,
     which avoids interpolation blow-up between nodes for non-polynomial f.
 
     ``noise_rel`` > 0 ties the rounding tolerance to the computed degree-truncation error:

@@ -6,8 +6,9 @@
 :func:`fit`: (1) the diagonal pre-scaling xi = x / s (``scale``; "auto", the default: s = 1
 for a Gaussian target, else :func:`numpyro_hjb.tt.w0.choose_scale`), rho~(xi) = rho(s xi)
 prod s with the same Z;
-(2) W_0 = -log rho~ - |xi|^2 / 2 into FTT form and the hjb -> cutoff -> Cole-Hopf cascade
-to the snapshots W_{t_j} (or h_{t_j}) on the sampler's grid
+(2) W_0 = -log rho~ - |xi|^2 / 2 into FTT form and the route (the exact HJB for a
+polynomial W_0, else Cole-Hopf; the cutoff HJB under ``formulation="hjb"``) to the
+snapshots W_{t_j} (or h_{t_j}) on the sampler's grid
 (:func:`numpyro_hjb.tt.formulations.run_route`); (3) the snapshots, stacked, in a
 :class:`TTState`. :func:`propose` runs the sampler on them (:mod:`numpyro_hjb.tt.samplers`).
 
@@ -67,7 +68,7 @@ def _seed(rng_key) -> int:
     return int(np.asarray(jax.random.randint(rng_key, (), 0, 2**31 - 1, dtype=jnp.int32)))
 
 
-def _choose_scale(target: Target, d: int, settings: TTSettings, seed: int):
+def _pre_scaling(target: Target, d: int, settings: TTSettings, seed: int):
     """The pre-scaling s (d,) and what deciding it produced: (s, scale_search, its target
     evaluations, the fit of h_0 at s or None, the polynomial check of W_0 at s or None).
 
@@ -116,7 +117,7 @@ def fit(target: Target, rng_key: jax.Array, settings: TTSettings, progress_bar: 
     seed = _seed(rng_key)
     with jax.enable_x64(True):
         t0 = time.perf_counter()
-        scale, scale_search, scale_evals, h0_fit, check = _choose_scale(target, d, settings,
+        scale, scale_search, scale_evals, h0_fit, check = _pre_scaling(target, d, settings,
                                                                          seed)
         w0_fun, w0_grad_fun = w0_functions(engine_log_density(target, jnp.asarray(scale)))
         scale_s = time.perf_counter() - t0  # counted as training time

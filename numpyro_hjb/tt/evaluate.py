@@ -12,9 +12,9 @@ matrices of h', h''. Since h_i' = sqrt(i) h_{i-1}, the derivative mode matrices 
 the differentiated cores, A'_k(x) = sum_j G'_k[:, j, :] h_j(x_k) with
 G'_k[:, j, :] = sqrt(j + 1) G_k[:, j + 1, :] (:func:`differentiate_core`), so only the values
 h_0..h_p are evaluated, once, by the three-term recurrence in a ``lax.scan`` over the degree
-(:func:`mode_matrices`). Written in jax.numpy with a Python loop over the d cores and none over the points, so
-it runs inside ``jax.jit``; call it under ``jax.enable_x64(True)`` for float64. :func:`value`
-also has a numpy path for host arrays.
+(:func:`mode_matrices`). Written in jax.numpy with a Python loop over the d cores and none
+over the points, so it runs inside ``jax.jit``; call it under ``jax.enable_x64(True)`` for
+float64. :func:`value` also has a numpy path for host arrays.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def gmm9(rotation_deg: float = 0.0) -> BenchmarkTarget:
         true_std=np.full(2, std),
         mode_of=mode_of,
         mode_weights=np.full(9, 1.0 / 9.0),
-        mode_centres=centres_np.copy(),
+        mode_centres=centres_np,
         init_scale=6.0,
     )
 

@@ -53,6 +53,9 @@ class TTState(NamedTuple):
         final_jump: whether the tweedie sampler ends with the exact-target jump from
             times[1] to 0.
         h_eps: the guard of grad W = -grad h h / (h^2 + h_eps^2) (0 for W).
+        quadratic: whether every W-snapshot is quadratic, so that the ODE sampler takes
+            affine steps (:func:`numpyro_hjb.tt.samplers.quadratic_snapshots`; False for
+            h-snapshots and for fits saved before it was recorded).
     """
 
     times: np.ndarray
@@ -61,6 +64,7 @@ class TTState(NamedTuple):
     cole_hopf: bool
     final_jump: bool
     h_eps: float
+    quadratic: bool = False
 
 
 def _seed(rng_key) -> int:
@@ -128,13 +132,15 @@ def fit(target: Target, rng_key: jax.Array, settings: TTSettings, progress_bar: 
         t1 = time.perf_counter()
         route = run_route(w0_fun, w0_grad_fun, d, settings, seed, progress_bar, h0_fit, check)
         train_s = time.perf_counter() - t1 + scale_s
+    cores = stack_snapshots(route.snapshots)
     state = TTState(
         times=np.asarray(route.times, dtype=np.float64),
-        cores=stack_snapshots(route.snapshots),
+        cores=cores,
         scale=np.asarray(scale, dtype=np.float64),
         cole_hopf=bool(route.cole_hopf),
         final_jump=bool(route.final_jump),
         h_eps=float(route.h_eps),
+        quadratic=not route.cole_hopf and quadratic_snapshots(cores),
     )
     res, final = route.hjb, route.final
     history = dict(res.history) if res is not None else {}
@@ -195,7 +201,7 @@ def propose(target: Target, settings: TTSettings, state: TTState, rng_key: jax.A
         size = min(settings.runtime.batch_size, num)
         keys = jax.random.split(rng_key, -(-num // size))
         sampler = sampler_for(settings.sampling, state.cole_hopf)
-        affine = sampler == "ode" and not state.cole_hopf and quadratic_snapshots(state.cores)
+        affine = sampler == "ode" and bool(state.quadratic)
         chunks = [
             propose_chunk(
                 cores, times, scale, h_eps, key, num=size,

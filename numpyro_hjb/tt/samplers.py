@@ -37,6 +37,7 @@ from . import evaluate as E
 from .settings import Sampling
 
 __all__ = [
+    "degree_segments",
     "final_jump",
     "grad_w",
     "log_h_derivatives",
@@ -200,8 +201,53 @@ def final_jump(key, y, t_s, log_density, newton: int):
     return x, normal_logpdf(x, a * y, v) - normal_logpdf(x, mu, var)
 
 
+def degree_segments(cores: tuple, times: np.ndarray, jump: bool,
+                    rel_tol: float = 1e-7) -> tuple[tuple[int, int], ...]:
+    """The Hermite degree each step of :func:`tweedie_paths` needs on the Cole-Hopf route,
+    as segments ((last step, degree), ...) in the order the steps run (descending times).
+
+    The snapshots are h_t = e^{tL} h_0, whose coefficient of multi-degree alpha is that of
+    h_0 times e^{-t |alpha|}, so the part of h_t above degree q in some mode shrinks as t
+    grows. The step at snapshot time t runs at the smallest q in P, P/2, P/4, ... (q >= 8,
+    P the stored degree) whose cut P_q (degree <= q in every mode) changes the snapshot by
+    ||h_t - P_q h_t|| <= ``rel_tol`` ||h_t|| in L2(gamma). That error falls as t grows (the
+    cut part decays at rate >= q + 1), so each q's first admissible snapshot is found by
+    bisection. Cutting changes only the proposal: its weights stay exact. ``cores``: host
+    arrays (J, R0, P + 1, R1) per mode at ascending ``times``.
+    """
+    top = max(int(c.shape[2]) for c in cores) - 1
+    candidates = [top]
+    while candidates[-1] // 2 >= 8:
+        candidates.append(candidates[-1] // 2)
+
+    def cut_error(j: int, q: int) -> float:
+        h = C.from_cores([np.asarray(c[j]) for c in cores])
+        return C.norm(C.sub(h, C.project_degrees(h, q))) / max(C.norm(h), 1e-300)
+
+    k_steps = len(times) - 1
+    first = 2 if jump else 1  # the steps use the snapshots first..K
+    degree_of = np.full(k_steps + 1, top)
+    for q in candidates[1:]:  # the first snapshot index from which q suffices (bisection)
+        lo, hi = first, k_steps + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cut_error(mid, q) <= rel_tol:
+                hi = mid
+            else:
+                lo = mid + 1
+        degree_of[lo:] = np.minimum(degree_of[lo:], q)
+    segments: list[list[int]] = []
+    for pos, j in enumerate(range(k_steps, first - 1, -1)):
+        q = int(degree_of[j])
+        if segments and segments[-1][1] == q:
+            segments[-1][0] = pos + 1
+        else:
+            segments.append([pos + 1, q])
+    return tuple((stop, q) for stop, q in segments)
+
+
 def tweedie_paths(cores, times, key, num: int, dim: int, log_density, cole_hopf: bool, h_eps,
-                  jump: bool = False, newton: int = 6):
+                  jump: bool = False, newton: int = 6, segments=None):
     """Reverse-time sampler with moment-matched Gaussian transitions and exact path weights.
 
     Forward OU over [t', t] (h = t - t', a = e^{-h}, v = 1 - a^2): the exact reverse kernel is
@@ -219,8 +265,9 @@ def tweedie_paths(cores, times, key, num: int, dim: int, log_density, cole_hopf:
                 + sum_k [log N(y_{k+1}; a_k y_k, v_k) - log N(y_{k+1}; mean_k, Cov_k)],
 
     exact for the proposal actually used (E[w] = Z for any moments). With ``jump`` the last
-    interval [0, times[1]] is done by :func:`final_jump` (exact target) instead. Returns
-    (y (n, d), log w (n,)).
+    interval [0, times[1]] is done by :func:`final_jump` (exact target) instead.
+    ``segments`` (:func:`degree_segments`; None: all steps at the stored degree) runs the
+    steps in scans of decreasing Hermite degree. Returns (y (n, d), log w (n,)).
     """
     key, k_jump = jax.random.split(key)
     k0, k1 = jax.random.split(key)
@@ -230,13 +277,13 @@ def tweedie_paths(cores, times, key, num: int, dim: int, log_density, cole_hopf:
     last = 1 if jump else 0
     idx = jnp.arange(k_steps, last, -1)  # snapshot index of t_k (descending times)
 
-    def step(carry, inp):
+    def step(cut, carry, inp):
         y, acc = carry
         j, eps = inp
         h = times[j] - times[j - 1]
         a = jnp.exp(-h)
         v = -jnp.expm1(-2.0 * h)
-        g, hd = log_h_derivatives([c[j] for c in cores], y, cole_hopf, h_eps)
+        g, hd = log_h_derivatives([c[j] for c in cut], y, cole_hopf, h_eps)
         mean = a * y + (v / a) * g
         var = jnp.maximum(v + (v / a) ** 2 * hd, 1e-3 * v)
         ok = jnp.all(jnp.isfinite(mean) & jnp.isfinite(var), axis=-1, keepdims=True)
@@ -246,9 +293,15 @@ def tweedie_paths(cores, times, key, num: int, dim: int, log_density, cole_hopf:
         acc = acc + normal_logpdf(y_next, a * y, v) - normal_logpdf(y_next, mean, var)
         return (y_next, acc), None
 
-    (y_end, acc), _ = jax.lax.scan(
-        step, (y0, jnp.zeros(num, jnp.float64)), (idx, noise[: k_steps - last])
-    )
+    if segments is None:
+        segments = ((k_steps - last, max(int(c.shape[2]) for c in cores) - 1),)
+    carry, start = (y0, jnp.zeros(num, jnp.float64)), 0
+    for stop, degree in segments:  # a few scans, each at one Hermite degree
+        cut = [c[:, :, : degree + 1, :] for c in cores]
+        carry, _ = jax.lax.scan(partial(step, cut), carry,
+                                (idx[start:stop], noise[: k_steps - last][start:stop]))
+        start = stop
+    y_end, acc = carry
     if jump:
         y_end, inc = final_jump(k_jump, y_end, times[1], log_density, newton)
         acc = acc + inc
@@ -269,19 +322,20 @@ def quadratic_snapshots(cores: tuple, rel_tol: float = 1e-12) -> bool:
 
 
 @partial(jax.jit, static_argnames=("num", "sampler", "sampling", "log_density", "cole_hopf",
-                                   "jump", "affine"))
+                                   "jump", "affine", "segments"))
 def propose_chunk(cores, times, scale, h_eps, key, *, num: int, sampler: str,
                   sampling: Sampling, log_density, cole_hopf: bool, jump: bool = False,
-                  affine: bool = False):
+                  affine: bool = False, segments=None):
     """``num`` proposals x = s y (num, d) and their log weights (num,) by ``sampler`` ("ode",
     "sde" or "tweedie") from stacked snapshots ``cores`` at ``times`` (module docstring);
     ``log_density``: log rho~ in engine coordinates (hashable: it is a static argument);
     ``affine``: the ODE sampler's affine steps (:func:`ode_paths`; for quadratic W-snapshots,
-    :func:`quadratic_snapshots`)."""
+    :func:`quadratic_snapshots`); ``segments``: the tweedie sampler's degree segments
+    (:func:`degree_segments`, a static tuple)."""
     dim = scale.shape[0]
     if sampler == "tweedie":
         y, log_w = tweedie_paths(cores, times, key, num, dim, log_density, cole_hopf, h_eps,
-                                 jump, sampling.jump_newton)
+                                 jump, sampling.jump_newton, segments)
     else:
         grad_w_fn = partial(grad_w, cole_hopf=cole_hopf, h_eps=h_eps)
         if sampler == "sde":

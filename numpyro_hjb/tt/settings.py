@@ -181,7 +181,7 @@ class Sampling(SettingsGroup):
     sampler: Literal["auto", "ode", "sde", "tweedie"] = option(
         "auto", "'ode', 'sde', 'tweedie', or 'auto': ode on the HJB route, tweedie on Cole-Hopf"
     )
-    num_sampling_steps: int = option(100, "K, the steps of the sampler", positive)
+    num_sampling_steps: int = option(200, "K, the steps of the sampler", positive)
     horizon: float = option(8.0, "T of the sampler", positive)
     grid_power: float = option(2.0, "t_k = T (k / K)^power, refined near t = 0", positive)
     jump_tol: float = option(1e-3, "error of h at which the final jump starts (0: none)",

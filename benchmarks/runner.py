@@ -188,11 +188,15 @@ def _is_plain(v) -> bool:
     )
 
 
-def _score(target: BenchmarkTarget, samples: np.ndarray, rng_key) -> tuple[dict, np.ndarray]:
-    """All sample metrics against 2,000 exact samples."""
-    exact = np.asarray(target.sample_exact(rng_key, NUM_METRIC_SAMPLES))
-    out = {"w2": metrics.sinkhorn_w2(samples, exact)["w2"],
-           "delta_std": metrics.delta_std(samples, target.true_std)}
+def _score(target: BenchmarkTarget, samples: np.ndarray,
+           rng_key) -> tuple[dict, np.ndarray | None]:
+    """All sample metrics against 2,000 exact samples; a model target without exact samples
+    (``sample_exact`` None) gets no W2, only the sd error against its reference."""
+    out = {"w2": None, "delta_std": metrics.delta_std(samples, target.true_std)}
+    exact = None
+    if target.sample_exact is not None:
+        exact = np.asarray(target.sample_exact(rng_key, NUM_METRIC_SAMPLES))
+        out["w2"] = metrics.sinkhorn_w2(samples, exact)["w2"]
     if target.mode_of is not None:
         covered, total, tv = metrics.mode_coverage(samples, target)
         out.update(modes_covered=covered, num_modes=total, mode_tv=tv)
@@ -262,7 +266,7 @@ def run_benchmark(
         "khat": run.get("khat"),
         "w2": scores["w2"],
         # sqrt of the (squared-cost) divergence, on the scale of W_2 itself
-        "w2_sqrt": math.sqrt(max(scores["w2"], 0.0)),
+        "w2_sqrt": None if scores["w2"] is None else math.sqrt(max(scores["w2"], 0.0)),
         "w2_settings": metrics.sinkhorn_settings(),
         "delta_std": scores["delta_std"],
         "modes_covered": scores.get("modes_covered"),
@@ -482,9 +486,11 @@ def plot_run(path: str, target: BenchmarkTarget, samples, exact, history: dict |
     has_curve = bool(history) and "loss" in history and len(history["loss"]) > 0
     fig, axes = plt.subplots(1, 2 if has_curve else 1, figsize=(10 if has_curve else 5, 4.2))
     ax = axes[0] if has_curve else axes
-    x, y = np.asarray(samples), np.asarray(exact)
+    x = np.asarray(samples)
     j = 1 if target.dim > 1 else 0
-    ax.scatter(y[:, 0], y[:, j], s=3, alpha=0.35, color="tab:gray", label="exact")
+    if exact is not None:
+        y = np.asarray(exact)
+        ax.scatter(y[:, 0], y[:, j], s=3, alpha=0.35, color="tab:gray", label="exact")
     ax.scatter(x[:, 0], x[:, j], s=3, alpha=0.35, color="tab:blue", label="model")
     if target.name == "gmm9" and target.mode_centres is not None:
         c = target.mode_centres

@@ -301,3 +301,20 @@ def test_training_curve_keeps_block_means():
     assert curve["loss"][-1] == pytest.approx(np.mean(np.arange(995, 1000)))
     assert curve["ess"] == [1.0] * 200
     assert training_curve({}) == {}
+
+
+def test_score_without_exact_samples():
+    """A model target has no exact sampler (``sample_exact`` None, as eight schools and the
+    logistic regression): the runner scores its draws by the sd error alone, with no W2 and
+    no exact samples, instead of failing after the fit."""
+    import dataclasses
+
+    from benchmarks.runner import _score
+
+    target = dataclasses.replace(get_target("gauss2"), sample_exact=None)
+    x = np.random.default_rng(0).normal(size=(500, 2)) * target.true_std
+    scores, exact = _score(target, x, jax.random.PRNGKey(0))
+    assert exact is None and scores["w2"] is None
+    assert scores["delta_std"] == pytest.approx(metrics.delta_std(x, target.true_std))
+    scores, exact = _score(get_target("gauss2"), x, jax.random.PRNGKey(0))
+    assert exact.shape == (2000, 2) and np.isfinite(scores["w2"])

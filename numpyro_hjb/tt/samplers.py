@@ -24,7 +24,7 @@ All functions here are jax code: call them under ``jax.enable_x64(True)``.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -201,6 +201,11 @@ def final_jump(key, y, t_s, log_density, newton: int):
     return x, normal_logpdf(x, a * y, v) - normal_logpdf(x, mu, var)
 
 
+def stored_degree(cores) -> int:
+    """P, the largest Hermite degree of the stacked snapshots' cores (J, R0, P + 1, R1)."""
+    return max(int(c.shape[2]) for c in cores) - 1
+
+
 def degree_segments(cores: tuple, times: np.ndarray, jump: bool,
                     rel_tol: float = 1e-7) -> tuple[tuple[int, int], ...]:
     """The Hermite degree each step of :func:`tweedie_paths` needs on the Cole-Hopf route,
@@ -215,14 +220,19 @@ def degree_segments(cores: tuple, times: np.ndarray, jump: bool,
     bisection. Cutting changes only the proposal: its weights stay exact. ``cores``: host
     arrays (J, R0, P + 1, R1) per mode at ascending ``times``.
     """
-    top = max(int(c.shape[2]) for c in cores) - 1
+    top = stored_degree(cores)
     candidates = [top]
     while candidates[-1] // 2 >= 8:
         candidates.append(candidates[-1] // 2)
 
-    def cut_error(j: int, q: int) -> float:
+    @lru_cache(maxsize=None)
+    def snapshot(j: int):  # the bisections of every q revisit the same snapshots
         h = C.from_cores([np.asarray(c[j]) for c in cores])
-        return C.norm(C.sub(h, C.project_degrees(h, q))) / max(C.norm(h), 1e-300)
+        return h, max(C.norm(h), 1e-300)
+
+    def cut_error(j: int, q: int) -> float:
+        h, h_norm = snapshot(j)
+        return C.norm(C.sub(h, C.project_degrees(h, q))) / h_norm
 
     k_steps = len(times) - 1
     first = 2 if jump else 1  # the steps use the snapshots first..K
@@ -294,7 +304,7 @@ def tweedie_paths(cores, times, key, num: int, dim: int, log_density, cole_hopf:
         return (y_next, acc), None
 
     if segments is None:
-        segments = ((k_steps - last, max(int(c.shape[2]) for c in cores) - 1),)
+        segments = ((k_steps - last, stored_degree(cores)),)
     carry, start = (y0, jnp.zeros(num, jnp.float64)), 0
     for stop, degree in segments:  # a few scans, each at one Hermite degree
         cut = [c[:, :, : degree + 1, :] for c in cores]

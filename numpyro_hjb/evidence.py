@@ -32,6 +32,7 @@ __all__ = [
     "ess_fraction",
     "pareto_khat",
     "resample",
+    "systematic_indices",
     "check_reliability",
     "KHAT_THRESHOLD",
     "ESS_FLOOR",
@@ -168,8 +169,28 @@ def estimate_evidence(log_w, method: str = "importance sampling") -> EvidenceEst
     )
 
 
+def systematic_indices(rng_key: jax.Array, log_w: jax.Array, num: int) -> jax.Array:
+    """Systematic resampling: indices (num,) with u_j = (U + j) / num, U ~ U(0, 1), against the
+    CDF of the normalised weights. Each index i appears floor(num W_i) or ceil(num W_i) times,
+    so the resampled mean has at most the variance of a multinomial resample. (A sort-based
+    search: the default scan search of ``jnp.searchsorted``, which BlackJAX's resampler uses,
+    is slow on CPU, and under ``vmap`` a ``cond`` around it runs on every step.)"""
+    cdf = jnp.cumsum(jnp.exp(log_w - jax.nn.logsumexp(log_w)))
+    u = (jax.random.uniform(rng_key, dtype=cdf.dtype) + jnp.arange(num, dtype=cdf.dtype)) / num
+    idx = jnp.searchsorted(cdf, u * cdf[-1], side="right", method="sort")
+    return jnp.clip(idx, 0, log_w.shape[0] - 1)
+
+
 def resample(rng_key: jax.Array, log_w, num: int | None = None) -> jax.Array:
-    """Indices (num,) of a multinomial (sampling-importance) resample of the weights.
+    """Indices (num,) of a sampling-importance resample of the weights: systematic
+    (:func:`systematic_indices`), then put in a random order.
+
+    Systematic rather than multinomial: every proposal i is drawn floor(num W_i) or
+    ceil(num W_i) times, so the draws repeat a proposal only as often as its weight asks. For
+    equal weights and num <= N the draws are distinct proposals, and the variance of their
+    mean is that of sampling without replacement, (1 - num / N) sd^2 / num, against sd^2 / num
+    for a multinomial resample. The random order makes the draws exchangeable (consecutive
+    systematic indices follow the proposals' order).
 
     The log weights are shifted by their maximum in float64 on the host first, so any
     precision (a float64 engine's weights) resamples correctly in the default float type.
@@ -180,7 +201,9 @@ def resample(rng_key: jax.Array, log_w, num: int | None = None) -> jax.Array:
     if not np.any(np.isfinite(lw)):
         raise ValueError("no proposal has a finite log weight: nothing to resample")
     num = lw.size if num is None else int(num)
-    return jax.random.categorical(rng_key, jnp.asarray(lw - lw.max()), shape=(num,))
+    key_u, key_order = jax.random.split(rng_key)
+    idx = systematic_indices(key_u, jnp.asarray(lw - lw.max()), num)
+    return jax.random.permutation(key_order, idx)
 
 
 def check_reliability(

@@ -88,6 +88,18 @@ def test_resample_frequencies():
     assert abs(float(jnp.mean(idx == 1)) - 0.75) < 0.015
 
 
+def test_resample_is_systematic_in_a_random_order():
+    """Each proposal is drawn floor(num W_i) or ceil(num W_i) times; equal weights give
+    distinct proposals; the order is shuffled (not sorted as systematic indices are)."""
+    w = np.array([0.1, 0.2, 0.3, 0.4])
+    idx = np.asarray(resample(jax.random.PRNGKey(3), np.log(w), 1001))
+    counts = np.bincount(idx, minlength=4)
+    assert np.all(np.abs(counts - 1001 * w) < 1.0)
+    idx = np.asarray(resample(jax.random.PRNGKey(4), np.zeros(8192), 2000))
+    assert len(np.unique(idx)) == 2000
+    assert np.any(np.diff(idx) < 0)
+
+
 def test_independence_mh_targets_the_weighted_law():
     """IMH over a stream of independent proposals: states 0/1 proposed with probability 1/2 and
     weights 1/3 -> the chain spends 3/4 of its time in state 1."""

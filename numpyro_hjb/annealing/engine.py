@@ -16,7 +16,9 @@ docs/choices.md):
    With ``control`` on (or "auto" on a hard target), a CMCD control is then trained on a
    fixed schedule and kept only if its runs pay (:mod:`.controlled`).
 3. **Final runs.** Batches of R independent particle systems from the chosen base until
-   the time budget is spent (or the SE of log Z falls below ``target_se``). log Z_hat is
+   the time budget is spent (or the SE of log Z falls below ``target_se``), each following
+   the temperatures and step sizes of one scout call (``schedule="frozen"``, so each Z_r is
+   exactly unbiased; ``"adaptive"`` lets each system choose its own). log Z_hat is
    the log of the mean of their estimates, with the delta-method SE over the systems; the
    draws are their weighted particles, each system weighted by its Z_r.
 

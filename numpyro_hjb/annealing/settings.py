@@ -57,9 +57,9 @@ class Path(SettingsGroup):
     resample_ess: float = option(0.5, "resample when the ESS falls below this", in_range(0.0, 1.0))
     max_steps: int = option(500, "cap on the number of temperatures", at_least(1))
     schedule: Literal["adaptive", "frozen"] = option(
-        "adaptive", "final systems: 'adaptive' (each chooses its temperatures and step sizes "
-        "from its own particles) or 'frozen' (those of one scout call, fixed in advance: "
-        "each Z exactly unbiased)"
+        "frozen", "final systems: 'frozen' (the temperatures and step sizes of one scout "
+        "call, fixed in advance: each Z exactly unbiased) or 'adaptive' (each system chooses "
+        "them from its own particles: a bias of O(1/N), measured -0.017 on random_walk50)"
     )
 
 

@@ -32,6 +32,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..evidence import systematic_indices
+
 __all__ = [
     "ParticleState",
     "KernelParams",
@@ -164,17 +166,6 @@ def reweight(state: ParticleState, log_inc: Array, new_beta: Array) -> ParticleS
         beta=new_beta,
         log_z=state.log_z + jnp.where(ok, total, -jnp.inf),
     )
-
-
-def systematic_indices(rng_key: Array, log_w: Array, num: int) -> Array:
-    """Systematic resampling: indices (num,) with u_j = (U + j) / num against the CDF of the
-    normalised weights. (A sort-based search: the default scan search of
-    ``jnp.searchsorted``, which BlackJAX's resampler uses, is slow on CPU, and under ``vmap``
-    a ``cond`` around it runs on every step.)"""
-    cdf = jnp.cumsum(jnp.exp(log_w - jax.nn.logsumexp(log_w)))
-    u = (jax.random.uniform(rng_key, dtype=cdf.dtype) + jnp.arange(num, dtype=cdf.dtype)) / num
-    idx = jnp.searchsorted(cdf, u * cdf[-1], side="right", method="sort")
-    return jnp.clip(idx, 0, log_w.shape[0] - 1)
 
 
 def resample_if_needed(rng_key: Array, state: ParticleState, threshold: float) -> ParticleState:

@@ -172,7 +172,7 @@ def estimate_evidence(log_w, method: str = "importance sampling") -> EvidenceEst
 def systematic_indices(rng_key: jax.Array, log_w: jax.Array, num: int) -> jax.Array:
     """Systematic resampling: indices (num,) with u_j = (U + j) / num, U ~ U(0, 1), against the
     CDF of the normalised weights. Each index i appears floor(num W_i) or ceil(num W_i) times,
-    so the resampled mean has at most the variance of a multinomial resample. (A sort-based
+    so the resampled mean usually varies less than after a multinomial resample. (A sort-based
     search: the default scan search of ``jnp.searchsorted``, which BlackJAX's resampler uses,
     is slow on CPU, and under ``vmap`` a ``cond`` around it runs on every step.)"""
     cdf = jnp.cumsum(jnp.exp(log_w - jax.nn.logsumexp(log_w)))
@@ -187,8 +187,9 @@ def resample(rng_key: jax.Array, log_w, num: int | None = None) -> jax.Array:
 
     Systematic rather than multinomial: every proposal i is drawn floor(num W_i) or
     ceil(num W_i) times, so the draws repeat a proposal only as often as its weight asks. For
-    equal weights and num <= N the draws are distinct proposals, and the variance of their
-    mean is that of sampling without replacement, (1 - num / N) sd^2 / num, against sd^2 / num
+    equal weights and num <= N the draws are distinct proposals, and for proposals in no
+    particular order the variance of their mean is about that of sampling without
+    replacement, (1 - num / N) sd^2 / num, against sd^2 / num
     for a multinomial resample. The random order makes the draws exchangeable (consecutive
     systematic indices follow the proposals' order).
 
